@@ -1,0 +1,3 @@
+from weaverdata.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""The `weaverdata` command line (Typer). Every job command takes --config plus overrides."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from weaverdata import __version__
+from weaverdata.config import ConfigError, IngestConfig, load_config, parse_override
+
+app = typer.Typer(
+    name="weaverdata",
+    help="Build textual-proxy interleaved documents and reference-guided image samples on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="recipe YAML (pipelines/NAME.yaml)")]
+InputOpt = Annotated[Optional[str], typer.Option("--input", "-i", help="input file, folder or URL (overrides input.path)")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="output folder or URL (overrides output.path)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override any config field: KEY.PATH=VALUE (repeatable)")]
+RayOpt = Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local one")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="delete an existing output made with another config or input")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the run summary as JSON instead of a table")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _overrides(sets: list[str] | None, **named) -> dict:
+    out = {}
+    for text in sets or []:
+        key, value = parse_override(text)
+        out[key] = value
+    for key, value in named.items():
+        if value not in (None, False):
+            out[key] = value
+    return out
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("WEAVERDATA_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _run(recipe: str, cfg, process_unit, as_json: bool) -> None:
+    from weaverdata.io.sources import InputError
+    from weaverdata.io.storage import StorageError
+    from weaverdata.job import OutputConflict, render_summary, run_job
+    from weaverdata.runtime import RuntimeError_
+
+    try:
+        summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]))
+    except (InputError, StorageError, OutputConflict, RuntimeError_) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
+    typer.echo(f"summary: {cfg.output.path.rstrip('/')}/summary.json", err=True)
+    if summary["status"] != "complete":
+        _fail("run incomplete: some units failed (see above); rerun the same command to redo only those", 1)
+
+
+@app.command()
+def ingest(
+    config: ConfigOpt = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read images (folders, tars, JSONL/Parquet, HF datasets, video frames) into checked, hashed image shards."""
+    _setup_logging()
+    from weaverdata.recipes import ingest as recipe
+
+    try:
+        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
+        cfg = load_config(IngestConfig, config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _run(recipe.RECIPE, cfg, recipe.process_unit, as_json)
+
+
+@app.command()
+def validate(
+    output: Annotated[str, typer.Argument(help="output folder or URL to check")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an output folder against the schemas and inputs = accepted + rejected."""
+    from weaverdata.io.validate import validate_output
+
+    report = validate_output(output)
+    if as_json:
+        typer.echo(json.dumps({"ok": report.ok, "errors": report.errors, "warnings": report.warnings, "units": report.units, "samples": report.samples, "rejects": report.rejects}, indent=2))
+    else:
+        for w in report.warnings:
+            typer.secho(f"warning: {w}", fg="yellow", err=True)
+        for e in report.errors:
+            typer.secho(f"invalid: {e}", fg="red", err=True)
+        verdict = "valid" if report.ok else f"INVALID ({len(report.errors)} problems)"
+        typer.echo(f"{output}: {verdict}: {report.units} units, {report.samples} samples, {report.rejects} rejects")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def version() -> None:
+    """Print the weaverdata version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

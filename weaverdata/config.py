@@ -1,0 +1,176 @@
+"""Typed configuration: pydantic models loaded from `pipelines/*.yaml`, overridden from the CLI.
+
+A recipe's config is one model; every section forbids unknown keys, so a typo fails at load time
+with the key and the file named. Command-line overrides address any field by its dotted name
+(`--set image.max_pixels=5000000`); their values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the recipe's model."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(Strict):
+    """Where and how the job runs. Not part of the output's identity (excluded from its hash)."""
+
+    ray_address: str | None = Field(
+        None, description="join this Ray cluster (also RAY_ADDRESS); none starts a local Ray"
+    )
+    num_cpus: int | None = Field(
+        None, description="logical CPUs for a local Ray (default: max(4, cores))"
+    )
+    task_cpus: float = Field(0.5, gt=0, description="CPUs each work-unit task asks for")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="work units submitted at once (default: 2 x cluster CPUs)"
+    )
+    max_retries: int = Field(3, ge=0, description="Ray retries of a unit whose worker died")
+    progress: bool = True
+
+
+class InputConfig(Strict):
+    path: str | None = Field(None, description="file, folder or URL (fsspec); a hub dataset name with format=hf")
+    format: Literal["auto", "images", "webdataset", "jsonl", "parquet", "hf", "video"] = "auto"
+    samples_per_shard: int = Field(1000, ge=1, description="images per work unit for folders of images; rows per unit for Parquet and HF datasets")
+    jsonl_bytes_per_shard: int = Field(64 * 2**20, ge=1024, description="byte range per work unit for JSON Lines")
+    image_field: str | None = Field(None, description="column holding the image (path, URL, bytes or {bytes, path}); auto-detected when unset")
+    caption_field: str | None = Field(None, description="column holding text that comes with the image; auto-detected when unset")
+    hf_split: str = "train"
+
+
+class ImageConfig(Strict):
+    max_pixels: int = Field(100_000_000, ge=1, description="decompression-bomb limit: larger images are rejected before any pixel is decoded")
+    resize_max_side: int | None = Field(None, ge=16, description="downsize larger images (re-encodes); unset keeps the source bytes unchanged")
+    resize_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    resize_quality: int = Field(95, ge=1, le=100)
+
+
+class VideoConfig(Strict):
+    fps: float = Field(1.0, gt=0, description="frames sampled per second of video")
+    max_frames: int | None = Field(None, ge=1, description="at most this many frames per video")
+    frame_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="decoded frames have no source bytes and are encoded in this format")
+    frame_quality: int = Field(95, ge=1, le=100)
+
+
+class OutputConfig(Strict):
+    path: str | None = Field(None, description="output folder (local, s3://, gs://, ...)")
+    overwrite: bool = Field(False, description="delete an existing output made with another config instead of refusing")
+    row_group_rows: int = Field(256, ge=1, description="Parquet row group size")
+    validate_records: bool = Field(True, description="check every record against its JSON Schema before writing")
+
+
+class JobConfig(Strict):
+    """Fields every recipe has."""
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that defines the output's contents (no paths, no runtime)."""
+        data = self.model_dump(mode="json")
+        data.pop("runtime", None)
+        data.get("input", {}).pop("path", None)
+        out = data.get("output", {})
+        for key in ("path", "overwrite"):
+            out.pop(key, None)
+        return data
+
+    def identity_sha256(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class IngestConfig(JobConfig):
+    """`weaverdata ingest`: any image source into validated, hashed image shards."""
+
+    recipe: Literal["ingest"] = "ingest"
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def _describe_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{where}'")
+        else:
+            lines.append(f"  '{where}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> M:
+    """Load a YAML recipe into `model`, apply dotted overrides, validate; errors name key and file."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        origin += " + command-line overrides"
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, origin)) from exc

@@ -1,0 +1,1 @@
+"""Input readers, output layout, shard writing and validation."""

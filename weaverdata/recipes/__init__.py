@@ -1,0 +1,1 @@
+"""Recipes: one module per command, each a config model plus a per-unit function."""

@@ -1,0 +1,177 @@
+"""The Ray runtime: start or join a cluster, then run work units as tasks with progress.
+
+Ray only lives here and in the recipes' thin adapters. A local Ray gets max(4, cores) logical
+CPUs and every task asks for a fraction of one (config `runtime.task_cpus`), so on a 2-core
+machine nothing asks for resources that can never be granted; a request larger than the whole
+cluster is refused before submission instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from weaverdata.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeError_(RuntimeError):
+    """The cluster cannot run the job (unreachable, or too small for what a stage asks)."""
+
+
+def connect(cfg: RuntimeConfig) -> dict[str, Any]:
+    """Join `cfg.ray_address` (or RAY_ADDRESS), or start a local Ray fitted to this machine."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        common = dict(
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=True,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+        )
+        try:
+            if address:
+                ray.init(address=address, **common)
+            else:
+                cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            raise RuntimeError_(f"cannot start or join Ray (address={address or 'local'}): {exc}") from exc
+    resources = ray.cluster_resources()
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+        "cpus": resources.get("CPU", 0.0),
+        "gpus": resources.get("GPU", 0.0),
+    }
+
+
+def check_fits(name: str, cpus: float, gpus: float = 0.0) -> None:
+    """Refuse a stage that asks for more than the whole cluster has (it would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    if cpus > have.get("CPU", 0.0) or gpus > have.get("GPU", 0.0):
+        raise RuntimeError_(
+            f"stage {name!r} asks for {cpus} CPU / {gpus} GPU per task but the cluster has "
+            f"{have.get('CPU', 0)} CPU / {have.get('GPU', 0)} GPU in all; lower its resources in the config"
+        )
+
+
+@dataclass
+class UnitOutcome:
+    unit: str
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Progress:
+    """Rich progress bar over units and samples, printed to stderr; silent when disabled."""
+
+    total_units: int
+    enabled: bool = True
+    _bar: Any = None
+    _task: Any = None
+    samples: int = 0
+    rejected: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]units"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("units", total=self.total_units, info="")
+        return self
+
+    def advance(self, outcome: UnitOutcome) -> None:
+        if outcome.stats:
+            self.samples += outcome.stats["accepted"]
+            self.rejected += outcome.stats["rejected"]
+        if self._bar is not None:
+            rate = (self.samples + self.rejected) / max(time.monotonic() - self.started, 1e-9)
+            info = f"{self.samples} samples, {self.rejected} rejected, {rate:.1f} inputs/s"
+            self._bar.update(self._task, advance=1, info=info)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def run_units(
+    fn: Callable[..., dict[str, Any]],
+    units: Iterable[Any],
+    args: tuple = (),
+    *,
+    cfg: RuntimeConfig,
+    total: int,
+    name: str = "unit",
+) -> list[UnitOutcome]:
+    """Run fn(unit, *args) for every unit as a Ray task; a worker that dies is retried.
+
+    At most `max_in_flight` tasks are pending at once, so memory stays bounded on any input
+    size. A unit whose task raises (after retries) is reported as failed; the others go on, and
+    a rerun redoes only the failed and the unfinished units.
+    """
+    import ray
+
+    check_fits(name, cfg.task_cpus)
+    remote = ray.remote(num_cpus=cfg.task_cpus, max_retries=cfg.max_retries)(fn)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    slots = int(cluster_cpus / cfg.task_cpus)  # tasks that can run at once
+    max_in_flight = cfg.max_in_flight or max(2, 2 * slots)
+    args_refs = tuple(ray.put(a) for a in args)
+    outcomes: list[UnitOutcome] = []
+    pending: dict[Any, str] = {}
+    it = iter(units)
+    with Progress(total, enabled=cfg.progress) as progress:
+        def submit_one() -> bool:
+            unit = next(it, None)
+            if unit is None:
+                return False
+            pending[remote.remote(unit, *args_refs)] = unit.unit
+            return True
+
+        while len(pending) < max_in_flight and submit_one():
+            pass
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            unit_id = pending.pop(ref)
+            try:
+                outcome = UnitOutcome(unit_id, stats=ray.get(ref))
+            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as exc:
+                outcome = UnitOutcome(unit_id, error=_short_error(exc))
+                log.error("unit %s failed: %s", unit_id, outcome.error)
+            outcomes.append(outcome)
+            progress.advance(outcome)
+            submit_one()
+    return outcomes
+
+
+def _short_error(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
