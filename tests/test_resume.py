@@ -1,0 +1,112 @@
+"""A run killed with SIGKILL inside a shard write resumes to exactly the ids of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from tests.conftest import REPO, run_cli
+from weaverdata.io.validate import validate_output
+
+pytestmark = pytest.mark.ray
+
+
+def accepted_and_rejected_ids(out: Path) -> tuple[list[str], list[str]]:
+    accepted = sorted(s["__key__"] for tar in out.glob("data/*/*.tar") for s in wds.WebDataset(str(tar), shardshuffle=False))
+    rejected = sorted(i for f in out.glob("rejects/*.parquet") for i in pq.read_table(f).column("id").to_pylist())
+    return accepted, rejected
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory, photos_dir) -> Path:
+    """~100 real photos (scikit-image's, copied 5 times) plus a few bad files."""
+    root = tmp_path_factory.mktemp("resume-in")
+    for k in range(5):
+        d = root / f"copy{k}"
+        shutil.copytree(photos_dir, d)
+        (d / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the driver and, at the same instant, every process under it (Ray's raylet, workers)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    os.killpg(pid, signal.SIGKILL)
+
+
+def ingest_args(inp: Path, out: Path) -> list[str]:
+    return ["ingest", "-c", "pipelines/ingest.yaml", "-i", str(inp), "-o", str(out), "--set", "input.samples_per_shard=3", "--set", "runtime.progress=false", "--set", "runtime.max_in_flight=2"]
+
+
+def test_sigkill_inside_a_shard_write_then_resume(big_input, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *ingest_args(big_input, out)], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    killed_mid_write = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            committed = list(out.glob("stats/part-*.json"))
+            writing = list(out.glob("data/*/*.tmp-*"))
+            if len(committed) >= 2 and writing:
+                kill_tree(proc.pid)
+                killed_mid_write = True
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert killed_mid_write, f"the run ended before the kill could land: {proc.stdout.read().decode()[-2000:]}"
+    time.sleep(1.0)  # nothing may change after a kill: check that below
+    planned = len(json.loads((out / "run.json").read_text())["units"])
+    committed_before = len(list(out.glob("stats/part-*.json")))
+    assert committed_before < planned, "the kill must land before the run finished"
+    assert list(out.glob("data/*/*.tmp-*")), "a shard was being written when the run was killed"
+    assert not validate_output(str(out)).ok
+
+    rerun = run_cli(*ingest_args(big_input, out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["units"]["resumed"] >= committed_before - 1  # a unit may have committed while the kill landed
+    report = validate_output(str(out))
+    assert report.ok, report.errors
+    assert not list(out.glob("**/*.tmp-*")), "leftovers of the killed attempt are cleared"
+
+    clean = tmp_path / "clean"
+    once = run_cli(*ingest_args(big_input, clean))
+    assert once.returncode == 0, once.stderr[-3000:]
+    assert accepted_and_rejected_ids(out) == accepted_and_rejected_ids(clean)
+    acc, rej = accepted_and_rejected_ids(out)
+    assert len(acc) == summary["accepted"] and len(rej) == summary["rejected"] == 5
+    assert len(set(acc)) == len(acc)
+
+
+def test_resume_into_a_folder_made_with_another_config_is_refused(big_input, tmp_path):
+    out = tmp_path / "o"
+    first = run_cli(*ingest_args(big_input, out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = run_cli(*ingest_args(big_input, out), "--set", "image.max_pixels=1000")
+    assert other.returncode == 2 and "different config" in other.stderr and "--overwrite" in other.stderr
+    again = run_cli(*ingest_args(big_input, out), "--set", "image.max_pixels=1000", "--overwrite")
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["image"]["max_pixels"] == 1000
+    assert summary["rejected_by_reason"].get("decompression_bomb", 0) > 50  # every real photo is above 1000 px
+    assert validate_output(str(out)).ok

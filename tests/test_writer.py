@@ -1,0 +1,131 @@
+"""The shard writer, without Ray: tar and Parquet agree, commit marker last, one field set per shard."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from weaverdata.io.layout import OutputLayout
+from weaverdata.io.shards import Media, RecordError, RejectRow, UnitWriter, field_signature, member_names, null_pattern
+from weaverdata import schemas
+
+
+def jpeg(color="red", size=(24, 16)) -> bytes:
+    b = io.BytesIO()
+    Image.new("RGB", size, color).save(b, "JPEG")
+    return b.getvalue()
+
+
+def record(i: int, data: bytes, caption: str = "", video=None) -> dict:
+    return {
+        "id": f"s{i:03d}", "source": f"x/{i}.jpg", "sha256": "a" * 64, "phash": "0" * 16,
+        "width": 24, "height": 16, "format": "jpeg", "mode": "RGB", "orientation": 1, "frames": 1,
+        "num_bytes": len(data), "caption": caption, "video": video,
+    }
+
+
+def test_tar_and_parquet_hold_the_same_samples_and_stats_come_last(tmp_path):
+    layout = OutputLayout.at(str(tmp_path))
+    w = UnitWriter(layout, "00003", "image_record", source="test")
+    data = jpeg()
+    for i in range(5):
+        w.add(record(i, data, caption=f"c{i}"), {"image": Media("jpg", data)}, group="images")
+    w.reject(RejectRow("r1", "x/bad.jpg", "empty_file", "decode"))
+    assert not (tmp_path / "stats").exists(), "stats must not exist before commit"
+    assert not (tmp_path / "data/images-jpg/part-00003.tar").exists(), "final name only once whole"
+    stats = w.commit()
+    assert stats["inputs"] == 6 == stats["accepted"] + stats["rejected"]
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "data/images-jpg/part-00003.tar"), shardshuffle=False)]
+    table = pq.read_table(tmp_path / "data/images-jpg/part-00003.parquet")
+    assert keys == table.column("id").to_pylist() == [f"s{i:03d}" for i in range(5)]
+    assert table.column("image").to_pylist()[2]["bytes"] == data
+    assert json.loads((tmp_path / "stats/part-00003.json").read_text())["outputs"][0]["samples"] == 5
+    assert pq.read_table(tmp_path / "rejects/part-00003.parquet").column("reason").to_pylist() == ["empty_file"]
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_same_samples_give_byte_identical_shards(tmp_path):
+    data = jpeg("blue")
+    for run in ("a", "b"):
+        w = UnitWriter(OutputLayout.at(str(tmp_path / run)), "00000", "image_record", source="t")
+        for i in range(3):
+            w.add(record(i, data), {"image": Media("jpg", data)}, group="images")
+        w.commit()
+    for name in ("part-00000.tar", "part-00000.parquet"):
+        assert (tmp_path / "a/data/images-jpg" / name).read_bytes() == (tmp_path / "b/data/images-jpg" / name).read_bytes()
+
+
+def test_formats_go_to_separate_shards_so_each_has_one_field_set(tmp_path):
+    w = UnitWriter(OutputLayout.at(str(tmp_path)), "00000", "image_record", source="t")
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    w.add(record(0, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    w.add(record(1, png.getvalue()), {"image": Media("png", png.getvalue())}, group="images")
+    stats = w.commit()
+    assert sorted(o["group"] for o in stats["outputs"]) == ["images-jpg", "images-png"]
+
+
+def test_a_group_never_mixes_null_and_set_fields(tmp_path):
+    w = UnitWriter(OutputLayout.at(str(tmp_path)), "00000", "image_record", source="t")
+    w.add(record(0, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    with pytest.raises(RecordError, match="null/empty fields"):
+        w.add(record(1, jpeg(), video={"frame_index": 3, "time_s": 0.1}), {"image": Media("jpg", jpeg())}, group="images")
+    w.abort()
+    assert not list(tmp_path.rglob("*.tar*"))
+
+
+def test_records_that_break_the_schema_or_repeat_an_id_are_refused(tmp_path):
+    w = UnitWriter(OutputLayout.at(str(tmp_path)), "00000", "image_record", source="t")
+    bad = record(0, jpeg())
+    bad["width"] = 0
+    with pytest.raises(RecordError, match="width"):
+        w.add(bad, {"image": Media("jpg", jpeg())}, group="images")
+    w.add(record(1, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    with pytest.raises(RecordError, match="twice"):
+        w.reject(RejectRow("s001", "x", "empty_file", "decode"))
+    dotted = record(2, jpeg())
+    dotted["id"] = "a.b"
+    with pytest.raises(RecordError):
+        w.add(dotted, {"image": Media("jpg", jpeg())}, group="images")
+    w.abort()
+
+
+def test_a_new_attempt_clears_leftovers_of_a_killed_one(tmp_path):
+    layout = OutputLayout.at(str(tmp_path))
+    w = UnitWriter(layout, "00007", "image_record", source="t")
+    w.add(record(0, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    # simulate a kill: files are left open under temp names, no stats
+    assert list(tmp_path.rglob("part-00007.tar.tmp-*"))
+    w2 = UnitWriter(layout, "00007", "image_record", source="t")
+    assert not list(tmp_path.rglob("part-00007.tar.tmp-*"))
+    w2.add(record(0, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    assert w2.commit()["accepted"] == 1
+
+
+def test_member_names_and_signatures_for_reference_samples():
+    fields = schemas.media_fields("reference_sample")
+    members = member_names("k1", {"target_image": Media("jpg", b"t"), "reference_images": [Media("jpg", b"a"), Media("jpg", b"b")]}, fields)
+    assert [n for n, _ in members] == ["k1.target.jpg", "k1.ref0.jpg", "k1.ref1.jpg"]
+    assert field_signature(members) == "3jpg"
+    assert field_signature([("a", Media("jpg", b"")), ("b", Media("png", b""))]) == "jpg-png"
+
+
+def test_null_pattern():
+    assert null_pattern({"a": None, "b": [], "c": [{"d": None}], "e": 1}) == frozenset({"/a", "/b[]", "/c[]/d"})
+
+
+def test_tar_is_a_valid_posix_archive(tmp_path):
+    w = UnitWriter(OutputLayout.at(str(tmp_path)), "00000", "image_record", source="t")
+    w.add(record(0, jpeg()), {"image": Media("jpg", jpeg())}, group="images")
+    w.commit()
+    path = tmp_path / "data/images-jpg/part-00000.tar"
+    assert path.stat().st_size % tarfile.RECORDSIZE == 0
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["s000.json", "s000.jpg"]
+        assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
