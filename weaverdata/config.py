@@ -16,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+PIPELINES_DIR = Path(__file__).resolve().parent / "pipeline_files"  # -> the repo's pipelines/
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the recipe's model."""
 
@@ -70,6 +73,48 @@ class OutputConfig(Strict):
     overwrite: bool = Field(False, description="delete an existing output made with another config instead of refusing")
     row_group_rows: int = Field(256, ge=1, description="Parquet row group size")
     validate_records: bool = Field(True, description="check every record against its JSON Schema before writing")
+
+
+class SamplingConfig(Strict):
+    """vLLM / OpenAI sampling parameters (part of every cached result's key)."""
+
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(192, ge=1)
+    repetition_penalty: float = Field(1.05, gt=0)
+    seed: int = 0
+
+
+class OpenAIConfig(Strict):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="any OpenAI-compatible endpoint (vllm serve, SGLang, a hosted API)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (empty key if unset)")
+    served_model: str | None = Field(None, description="model name the server knows (default: engine.model)")
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, description="per request; a request that times out becomes a reject")
+    max_retries: int = Field(3, ge=0, description="retries of a failed connection, with exponential backoff")
+    backoff_s: float = Field(1.0, ge=0)
+
+
+class EngineConfig(Strict):
+    """The captioning engine: which backend serves which model, and how hard to drive it."""
+
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    model: str | None = Field(None, description="hub id or local path")
+    revision: str | None = Field(None, description="pinned model revision (hub models)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: GPUs if the cluster has them")
+    max_model_len: int = Field(4096, ge=64, description="always set: an unset length makes vLLM reserve memory for the model's maximum (ray#58463)")
+    max_num_seqs: int = Field(64, ge=1, description="sequences the engine runs at once")
+    tensor_parallel_size: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="engine replicas (one per actor) for data parallelism")
+    batch_size: int = Field(32, ge=1, description="rows per batch sent to an engine replica")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs per engine replica (CPU inference uses them all)")
+    prep_cpus: float = Field(0.25, gt=0, description="CPUs per image-preparation task")
+    max_pixels: int = Field(448 * 448, ge=28 * 28, description="images are downsized to at most this many pixels before the engine (bounds vision tokens)")
+    dtype: str = "auto"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    retries_on_failed_check: int = Field(1, ge=0, description="regenerate with another seed when an output fails its checks")
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
 class JobConfig(Strict):
@@ -155,6 +200,9 @@ def load_config(
     if path is not None:
         origin = str(path)
         p = Path(path)
+        if not p.is_file() and not p.suffix and (PIPELINES_DIR / f"{p.name}.yaml").is_file():
+            p = PIPELINES_DIR / f"{p.name}.yaml"  # a bare recipe name: the shipped pipelines/NAME.yaml
+            origin = str(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

@@ -22,7 +22,7 @@ from weaverdata.io.validate import validate_output
 from weaverdata.job import render_summary, run_job
 from weaverdata.recipes import ingest
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES = Path(__file__).resolve().parent / "pipeline_files"  # -> pipelines/
 
 
 def _package_data(package: str, *parts: str) -> Path:

