@@ -117,6 +117,20 @@ class EngineConfig(Strict):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
+class ClipConfig(Strict):
+    """The open_clip image-text embedder."""
+
+    model: str = Field("ViT-B-32", description="open_clip model name, or local-dir:/path holding open_clip_config.json + open_clip_model.safetensors")
+    pretrained: str | None = Field(None, description="pretrained tag (needs the hub) or a local checkpoint file; ignored for local-dir:")
+    batch_size: int = Field(64, ge=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    replicas: int = Field(1, ge=1, description="embedding actors")
+    cpus_per_replica: float = Field(1.0, gt=0)
+    gpus_per_replica: float = Field(0.0, ge=0, description="set to 1 (or a fraction) on GPU clusters")
+    prep_cpus: float = Field(0.25, gt=0, description="CPUs per decode+transform task")
+
+
 class JobConfig(Strict):
     """Fields every recipe has."""
 
