@@ -78,3 +78,18 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path
         env=full_env,
         cwd=cwd,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """Tiny RANDOM-WEIGHT models the project builds itself (VLM, LLM, open_clip), kept in .cache/ between runs."""
+    from weaverdata.models.clip import build_tiny_clip
+    from weaverdata.models.tiny import build_all
+
+    root = REPO / ".cache" / "tiny-models"
+    paths = {k: Path(v) for k, v in build_all(root, seed=0).items()}
+    clip = root / "clip"
+    if not (clip / "open_clip_model.safetensors").exists():
+        build_tiny_clip(clip, seed=0)
+    paths["clip"] = clip
+    return paths

@@ -72,3 +72,18 @@ def test_schema_errors_name_the_field():
     rec["task"] = "painting"
     errs = schemas.record_errors("reference_sample", rec)
     assert any("references/0/clip_cosine" in e for e in errs) and any(e.startswith("task") for e in errs)
+
+
+@pytest.mark.parametrize("name,make", [("reference_sample", example_reference_sample), ("proxy_document", example_proxy_document)])
+def test_compiled_and_python_validators_agree(name, make):
+    from weaverdata.schemas import _fast_validator, validator
+
+    good = make()
+    bads = []
+    for mutate in (lambda r: r.update(id="a.b"), lambda r: r.pop("id"), lambda r: r.update(extra=1), lambda r: r.update(id="")):
+        bad = json.loads(json.dumps(good))
+        mutate(bad)
+        bads.append(bad)
+    assert _fast_validator(name).is_valid(good) and validator(name).is_valid(good)
+    for bad in bads:
+        assert not _fast_validator(name).is_valid(bad) and not validator(name).is_valid(bad)

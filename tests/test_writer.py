@@ -129,3 +129,10 @@ def test_tar_is_a_valid_posix_archive(tmp_path):
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["s000.json", "s000.jpg"]
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+
+
+@pytest.mark.parametrize("name,size", [("a.json", 0), ("0123456789abcdef0123.jpg", 123_456), ("x" * 99, 10**9), ("k.ref10.webp", 511), ("ü.jpg", 5), ("y" * 150 + ".png", 7)])
+def test_fast_tar_header_equals_tarfile(name, size):
+    from weaverdata.io.shards import _tar_header_slow, tar_header
+
+    assert tar_header(name, size) == _tar_header_slow(name, size)

@@ -111,6 +111,25 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
+models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("tiny")
+def models_tiny(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the tiny models into")] = Path("tiny-models"),
+    seed: Annotated[int, typer.Option(help="random seed of the weights")] = 0,
+) -> None:
+    """Build tiny models with RANDOM weights (a VLM, a text LLM, an open_clip model) that the real engines load."""
+    from weaverdata.models.clip import build_tiny_clip
+    from weaverdata.models.tiny import build_all
+
+    paths = {k: str(v) for k, v in build_all(out, seed=seed).items()}
+    paths["clip"] = str(build_tiny_clip(out / "clip", seed=seed))
+    typer.echo(json.dumps(paths, indent=2))
+    typer.echo(f"RANDOM WEIGHTS: these models are for tests and demos only (see {out}/README.md)", err=True)
+
+
 @app.command()
 def version() -> None:
     """Print the weaverdata version."""

