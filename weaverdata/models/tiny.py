@@ -760,7 +760,8 @@ def vllm_cpu_engine(model_dir: str | Path, *, in_process: bool = True, **overrid
     Sets :func:`vllm_cpu_env` for the engine's start (clearing vLLM's frozen view of the
     environment first, so the setting takes effect even after an earlier engine) and builds the
     engine from :func:`vllm_engine_kwargs` updated with ``overrides``; on exit puts the
-    environment back and shuts the engine down.
+    environment back and shuts the engine down. ``in_process`` defaults to True here (an engine
+    in about 5 s, for tests and demos); ``False`` gives vLLM's own process layout.
 
     Engines may be nested. An in-process engine's shutdown tears down vLLM's process-wide
     distributed state, which breaks any other in-process engine still open, so a nested
