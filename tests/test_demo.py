@@ -1,0 +1,18 @@
+"""`make demo`'s job (python -m weaverdata.demo) runs on a clean folder and reports real results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_demo_runs_and_validates(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "weaverdata.demo", "--output", str(tmp_path / "demo")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    assert "valid (4 units" in res.stdout
+    assert "images that reached the model: 26" in res.stdout
+    assert "RANDOM weights" in res.stdout
+    assert (tmp_path / "demo" / "ingest" / "summary.json").is_file()
+    assert list((tmp_path / "demo" / "captions" / "cache").glob("part-*.parquet"))
