@@ -108,7 +108,19 @@ def validate(
             typer.secho(f"invalid: {e}", fg="red", err=True)
         verdict = "valid" if report.ok else f"INVALID ({len(report.errors)} problems)"
         typer.echo(f"{output}: {verdict}: {report.units} units, {report.samples} samples, {report.rejects} rejects")
-    raise typer.Exit(0 if report.ok else 1)
+    _exit_now(0 if report.ok else 1)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without interpreter teardown, once every result is printed and flushed.
+
+    pyarrow's native thread pools can abort the process at teardown ("terminate called without
+    an active exception", SIGABRT; apache/arrow#34314) after the work finished, turning a
+    correct verdict into exit code -6. Only for commands that start no Ray (whose atexit
+    hook must run)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)

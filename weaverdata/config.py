@@ -111,6 +111,7 @@ class EngineConfig(Strict):
     prep_cpus: float = Field(0.25, gt=0, description="CPUs per image-preparation task")
     max_pixels: int = Field(448 * 448, ge=28 * 28, description="images are downsized to at most this many pixels before the engine (bounds vision tokens)")
     dtype: str = "auto"
+    max_pending_requests: int | None = Field(None, ge=1, description="requests admitted into each engine ahead of the running ones (vllm backend); None: 8 x batch_size")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retries_on_failed_check: int = Field(1, ge=0, description="regenerate with another seed when an output fails its checks")
@@ -128,7 +129,8 @@ class ClipConfig(Strict):
     replicas: int = Field(1, ge=1, description="embedding actors")
     cpus_per_replica: float = Field(1.0, gt=0)
     gpus_per_replica: float = Field(0.0, ge=0, description="set to 1 (or a fraction) on GPU clusters")
-    prep_cpus: float = Field(0.25, gt=0, description="CPUs per decode+transform task")
+    prep_cpus: float = Field(0.25, gt=0, description="CPUs per decode+transform actor")
+    prep_replicas: int = Field(1, ge=1, description="decode+transform actors (raise it when decoding, not the model, is the bottleneck)")
 
 
 class JobConfig(Strict):

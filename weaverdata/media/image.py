@@ -186,7 +186,8 @@ class DecodedImage:
     sha256: str
     """Hex SHA-256 of the original bytes."""
     phash: str
-    """16 hex chars: 64-bit DCT perceptual hash of :attr:`rgb` (see :func:`phash`)."""
+    """16 hex chars: 64-bit DCT perceptual hash of :attr:`rgb` (see :func:`phash`); empty when
+    :func:`decode_image` was asked ``with_phash=False`` (model input stages never use it)."""
 
 
 class ImageRejected(Exception):
@@ -208,7 +209,7 @@ class ImageRejected(Exception):
 # decoding
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, with_phash: bool = True) -> DecodedImage:
     """Decode untrusted image bytes into an upright RGB image.
 
     Steps: identify the format from the header (lazily, no pixels), reject images with more than
@@ -287,7 +288,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         orientation=orientation,
         frames=max(frames, 1),
         sha256=sha256,
-        phash=phash(rgb),
+        phash=phash(rgb) if with_phash else "",
     )
 
 

@@ -111,7 +111,7 @@ class PrepareClipBatch:
         pixels, errors = [], []
         for data in batch["image"]:
             try:
-                pixels.append(self.transform(decode_image(bytes(data)).rgb).numpy())
+                pixels.append(self.transform(decode_image(bytes(data), with_phash=False).rgb).numpy())
                 errors.append("")
             except ImageRejected as exc:
                 pixels.append(None)
@@ -153,7 +153,7 @@ class ClipImageStage:
 
 def embed_dataset(ds, cfg: ClipConfig):
     """Ray Dataset with `id` and `image` (bytes) -> `id`, `embedding` (unit-norm), `clip_error`."""
-    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, concurrency=1, num_cpus=cfg.prep_cpus)
+    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, concurrency=cfg.prep_replicas, num_cpus=cfg.prep_cpus)
     return prepared.map_batches(
         ClipImageStage,
         fn_constructor_kwargs={"cfg": cfg},

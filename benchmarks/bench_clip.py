@@ -1,0 +1,341 @@
+"""CLIP image-embedding images/s through weaverdata's Ray Data stage against a bare batched open_clip loop.
+
+Acceptance point: the CLIP embedding stage's images/s divided by a bare batched open_clip forward
+on the same images, target at least 0.9.
+
+Workload (built before anything is timed): N distinct real-photo JPEGs (random crops, resizes
+and qualities of scikit-image's bundled photos, 50-200 KB, 700-1100 px; `bench_writer`'s
+generator) held as bytes in memory. Models: the tiny random-weight open_clip model
+(`.cache/tiny-models/clip`, built if missing) and open_clip `ViT-B-32` with random weights
+(`pretrained=None`, a realistic size: 88M parameters, 224 px input). Precision fp32 and bf16.
+
+Timed variants, alternated (bare first on even repeats, weaverdata first on odd ones), medians
+reported, all in this one process (the weaverdata stage runs in a local Ray started by
+`weaverdata.runtime.connect`; the bare loop runs in the driver process itself):
+
+  bare        `ClipEmbedder(cfg)` built before timing; timed: for every batch of
+              `cfg.batch_size` JPEGs, PIL decode (`Image.open(BytesIO(b)).convert("RGB")`)
+              then `embedder.embed_images(pils)` (transform + forward + L2 norm). Torch uses
+              its default thread count in this process (all cores).
+  weaverdata  `embed_dataset(ray.data.from_items([{id, image}]), cfg)` consumed fully
+              (`iter_batches`), from `from_items` to the last batch: `PrepareClipBatch` (safe
+              decode with EXIF orientation, sha256 and phash, transform) and `ClipImageStage`
+              (forward) actors. A warm-up run on other images comes first. Ray Data starts
+              new actors (and loads the model) for every execution, and its output reaches the
+              driver in a few large blocks, so the stream rate is measured from inside: thin
+              subclasses of the two stages (swapped into `weaverdata.models.clip` for the
+              call) stamp each row with the wall time their batch's call started. Figures:
+                total    N / (from_items ... last batch received): actor start included
+                steady   N / (last batch received - first PrepareClipBatch call): actor start
+                         excluded, all decode and forward work inside the window; conservative
+                         (if the forward actor comes up later than the decode actor, that wait
+                         is counted)
+                steady from forward   N / (last batch received - first ClipImageStage call):
+                         optimistic (rows decoded before the forward actor was up are free;
+                         their number is reported)
+
+Headline: ratio = weaverdata steady images/s / bare images/s, per model and precision (fp32 is
+the target figure; bf16 informative).
+
+    cd /work/main && .venv/bin/python -m benchmarks.bench_clip [--images 512] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_clip --models vit-b-32 --variants '[{}, {"cpus_per_replica": 2}]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "clip.json"
+TINY = REPO / ".cache" / "tiny-models" / "clip"
+
+
+def build_images(n: int, seed: int) -> list[bytes]:
+    import hashlib
+
+    import numpy as np
+
+    from benchmarks.bench_writer import _jpeg, _photos
+
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    out, seen, i = [], set(), 0
+    while len(out) < n:
+        blob, _ = _jpeg(photos[i % len(photos)][1], rng)
+        i += 1
+        d = hashlib.sha256(blob).hexdigest()
+        if d not in seen:
+            seen.add(d)
+            out.append(blob)
+    return out
+
+
+def model_cfg(name: str, precision: str, batch_size: int, overrides: dict | None = None):
+    from weaverdata.config import ClipConfig
+
+    if name == "tiny":
+        if not (TINY / "open_clip_model.safetensors").exists():
+            from weaverdata.models.clip import build_tiny_clip
+
+            build_tiny_clip(TINY, seed=0)
+        kw = {"model": str(TINY)}
+    else:
+        kw = {"model": "ViT-B-32", "pretrained": None}
+    return ClipConfig(**kw, precision=precision, batch_size=batch_size, device="cpu", **(overrides or {}))
+
+
+def run_bare(embedder, blobs: list[bytes]) -> float:
+    from PIL import Image
+
+    bs = embedder.cfg.batch_size
+    t = time.perf_counter()
+    n = 0
+    for start in range(0, len(blobs), bs):
+        pils = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs[start : start + bs]]
+        n += len(embedder.embed_images(pils))
+    wall = time.perf_counter() - t
+    assert n == len(blobs)
+    return wall
+
+
+def instrumented_stages(no_phash: bool = False):
+    """Subclasses of weaverdata's two stages that add their call-start wall time to every row.
+
+    `no_phash` (prototype of a code change, off by default): the decode stage skips the
+    perceptual hash `decode_image` computes and CLIP never uses.
+    """
+    import numpy as np
+
+    from weaverdata.models import clip
+
+    class TimedPrepare(clip.PrepareClipBatch):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            if no_phash:
+                import weaverdata.media.image as image
+
+                image.phash = lambda im: ""  # in this worker process only
+
+        def __call__(self, batch):
+            t = time.time()
+            out = super().__call__(batch)
+            out["bench_prep_t0"] = np.full(len(out["clip_error"]), t)
+            return out
+
+    class TimedImageStage(clip.ClipImageStage):
+        def __call__(self, batch):
+            t = time.time()
+            out = super().__call__(batch)
+            out["bench_fwd_t0"] = np.full(len(out["clip_error"]), t)
+            return out
+
+    return TimedPrepare, TimedImageStage
+
+
+def embed_dataset_prototype(prep_concurrency: int):
+    """`clip.embed_dataset` with the decode stage's concurrency as a parameter (prototype of a code change)."""
+    from weaverdata.models import clip
+
+    def embed_dataset(ds, cfg):
+        prepared = ds.map_batches(clip.PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, concurrency=prep_concurrency, num_cpus=cfg.prep_cpus)
+        return prepared.map_batches(
+            clip.ClipImageStage,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=cfg.batch_size,
+            concurrency=cfg.replicas,
+            num_cpus=cfg.cpus_per_replica,
+            num_gpus=cfg.gpus_per_replica or None,
+        )
+
+    return embed_dataset
+
+
+def run_weaverdata(cfg, blobs: list[bytes], tag: str, prototype: dict | None = None) -> dict:
+    import ray
+
+    from weaverdata.models import clip
+
+    prototype = prototype or {}
+    embed = embed_dataset_prototype(prototype["_prep_concurrency"]) if "_prep_concurrency" in prototype else clip.embed_dataset
+    prep_cls, fwd_cls = instrumented_stages(no_phash=bool(prototype.get("_no_phash")))
+    originals = clip.PrepareClipBatch, clip.ClipImageStage
+    clip.PrepareClipBatch, clip.ClipImageStage = prep_cls, fwd_cls  # embed_dataset looks them up at call time
+    try:
+        t0_wall, t = time.time(), time.perf_counter()
+        ds = ray.data.from_items([{"id": f"{tag}-{i:05d}", "image": b} for i, b in enumerate(blobs)])
+        rows, errors, prep_t0, fwd_t0 = 0, 0, [], []
+        for batch in embed(ds, cfg).iter_batches(batch_size=None, batch_format="numpy"):
+            rows += len(batch["id"])
+            errors += sum(1 for e in batch["clip_error"] if e)
+            prep_t0.extend(batch["bench_prep_t0"].tolist())
+            fwd_t0.extend(batch["bench_fwd_t0"].tolist())
+        wall = time.perf_counter() - t
+    finally:
+        clip.PrepareClipBatch, clip.ClipImageStage = originals
+    assert rows == len(blobs), (rows, len(blobs))
+    end = t0_wall + wall
+    first_prep, first_fwd = min(prep_t0), min(fwd_t0)
+    return {
+        "seconds": wall,
+        "first_prep_call_seconds": first_prep - t0_wall,
+        "first_forward_call_seconds": first_fwd - t0_wall,
+        "rows_prepared_before_first_forward": sum(1 for x in prep_t0 if x < first_fwd),
+        # conservative: from the first decode call (both stages' work inside the window)
+        "steady_images_per_s": rows / (end - first_prep),
+        # optimistic: from the first forward call (decode work done earlier is not counted)
+        "steady_from_forward_images_per_s": rows / (end - first_fwd),
+        "errors": errors,
+    }
+
+
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=256, help="images per timed run (default 256)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (default 2)")
+    ap.add_argument("--warmup-images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="ClipConfig.batch_size, both sides (default 64)")
+    ap.add_argument("--models", default="tiny,vit-b-32", help="comma list of tiny, vit-b-32")
+    ap.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (default fp32)")
+    ap.add_argument("--variants", default="[{}]", help="JSON list of ClipConfig overrides for the weaverdata side (cpus_per_replica, prep_cpus, replicas, ...); "
+                    'prototypes of code changes: "_prep_concurrency": N (decode actors), "_no_phash": true (skip the unused perceptual hash)')
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", default=str(RESULTS), help=f"results file (default results/{RESULTS.name})")
+    ap.add_argument("--no-save", action="store_true", help="do not write the results file")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from weaverdata.config import RuntimeConfig
+    from weaverdata.models.clip import ClipEmbedder
+    from weaverdata.runtime import connect
+
+    load_start = os.getloadavg()
+    t = time.perf_counter()
+    warm = build_images(args.warmup_images, args.seed + 1000)
+    blobs = build_images(args.images, args.seed)
+    print(f"workload: {len(blobs)} JPEGs ({sum(map(len, blobs)) / 1e6:.1f} MB) + {len(warm)} warm-up, built in {time.perf_counter() - t:.1f} s")
+    info = connect(RuntimeConfig(progress=False))
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(f"local Ray: {info['cpus']} logical CPUs; driver torch threads {torch.get_num_threads()}")
+    variants = json.loads(args.variants)
+
+    results = []
+    for model in args.models.split(","):
+        for precision in args.precisions.split(","):
+            cfg = model_cfg(model, precision, args.batch_size)
+            embedder = ClipEmbedder(cfg)
+            run_bare(embedder, warm)
+            for overrides in variants:
+                fields = {k: v for k, v in overrides.items() if not k.startswith("_")}
+                proto = {k: v for k, v in overrides.items() if k.startswith("_")}
+                wcfg = model_cfg(model, precision, args.batch_size, fields)
+                run_weaverdata(wcfg, warm, "warm", proto)
+                bare_s, wd = [], []
+                for r in range(args.repeats):
+                    order = ("bare", "wd") if r % 2 == 0 else ("wd", "bare")
+                    for side in order:
+                        gc.collect()
+                        if side == "bare":
+                            bare_s.append(run_bare(embedder, blobs))
+                        else:
+                            wd.append(run_weaverdata(wcfg, blobs, f"r{r}", proto))
+                    print(
+                        f"{model} {precision} {json.dumps(overrides)} repeat {r + 1}: bare {len(blobs) / bare_s[-1]:.1f}/s, "
+                        f"weaverdata steady {wd[-1]['steady_images_per_s']:.1f}/s, total {len(blobs) / wd[-1]['seconds']:.1f}/s "
+                        f"(decode from {wd[-1]['first_prep_call_seconds']:.1f} s, forward from {wd[-1]['first_forward_call_seconds']:.1f} s, "
+                        f"{wd[-1]['rows_prepared_before_first_forward']} rows decoded before; from-forward {wd[-1]['steady_from_forward_images_per_s']:.1f}/s)",
+                        flush=True,
+                    )
+                bare_ips = len(blobs) / med(bare_s)
+                steady = med([w["steady_images_per_s"] for w in wd])
+                total = len(blobs) / med([w["seconds"] for w in wd])
+                steady_fwd = med([w["steady_from_forward_images_per_s"] for w in wd])
+                results.append(
+                    {
+                        "model": model,
+                        "precision": precision,
+                        "overrides": overrides,
+                        "bare_images_per_s": round(bare_ips, 2),
+                        "weaverdata_steady_images_per_s": round(steady, 2),
+                        "weaverdata_total_images_per_s": round(total, 2),
+                        "ratio_steady": round(steady / bare_ips, 3),
+                        "ratio_total": round(total / bare_ips, 3),
+                        "weaverdata_steady_from_forward_images_per_s": round(steady_fwd, 2),
+                        "ratio_steady_from_forward": round(steady_fwd / bare_ips, 3),
+                        "paired_steady_ratios": [round(w["steady_images_per_s"] * b / len(blobs), 3) for w, b in zip(wd, bare_s)],
+                        "bare_seconds": [round(s, 3) for s in bare_s],
+                        "weaverdata_runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in w.items()} for w in wd],
+                    }
+                )
+            del embedder
+    load_end = os.getloadavg()
+    ray.shutdown()
+
+    print(f"\n{'model':<9} {'prec':<5} {'variant':<28} {'bare/s':>8} {'steady/s':>9} {'ratio':>6} {'total/s':>8} {'ratio(total)':>12}")
+    for r in results:
+        print(
+            f"{r['model']:<9} {r['precision']:<5} {json.dumps(r['overrides']):<28} {r['bare_images_per_s']:>8.1f} "
+            f"{r['weaverdata_steady_images_per_s']:>9.1f} {r['ratio_steady']:>6.3f} {r['weaverdata_total_images_per_s']:>8.1f} {r['ratio_total']:>12.3f}"
+        )
+    print(f"(target ratio >= 0.9; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end)")
+
+    if not args.no_save:
+        import open_clip
+
+        out = {
+            "benchmark": "CLIP image embedding images/s: weaverdata embed_dataset (Ray Data) vs bare batched open_clip loop",
+            "command": "python -m benchmarks.bench_clip " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": sys.version.split()[0],
+                "versions": _versions(("ray", "torch", "open_clip_torch", "pillow")),
+                "torch": torch.__version__,
+                "open_clip": open_clip.__version__,
+                "ray_logical_cpus": info["cpus"],
+                "load_average_start": list(load_start),
+                "load_average_end": list(load_end),
+            },
+            "workload": {"images": len(blobs), "jpeg_bytes": sum(map(len, blobs)), "repeats": args.repeats, "batch_size": args.batch_size},
+            "target": {"ratio_steady_at_least": 0.9},
+            "results": results,
+        }
+        path = Path(args.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def _versions(packages) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
