@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from weaverdata import __version__
-from weaverdata.config import ConfigError, IngestConfig, load_config, parse_override
+from weaverdata.config import ConfigError, IngestConfig, RefsConfig, load_config, parse_override
 
 app = typer.Typer(
     name="weaverdata",
@@ -52,15 +52,17 @@ def _setup_logging() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def _run(recipe: str, cfg, process_unit, as_json: bool) -> None:
+def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
     from weaverdata.io.sources import InputError
     from weaverdata.io.storage import StorageError
     from weaverdata.job import OutputConflict, render_summary, run_job
+    from weaverdata.engines.captioner import EngineUnavailable
+    from weaverdata.engines.prompts import PromptError
     from weaverdata.runtime import RuntimeError_
 
     try:
-        summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]))
-    except (InputError, StorageError, OutputConflict, RuntimeError_) as exc:
+        summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]), **job_kw)
+    except (InputError, StorageError, OutputConflict, RuntimeError_, EngineUnavailable, PromptError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
     typer.echo(f"summary: {cfg.output.path.rstrip('/')}/summary.json", err=True)
@@ -88,6 +90,28 @@ def ingest(
     except ConfigError as exc:
         _fail(str(exc))
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json)
+
+
+@app.command("build-refs")
+def build_refs(
+    config: ConfigOpt = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mine reference-guided samples (target + references of one subject, with text) from videos, image collections or documents."""
+    _setup_logging()
+    from weaverdata.recipes import build_refs as recipe
+
+    try:
+        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
+        cfg = load_config(RefsConfig, config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
 
 
 @app.command()

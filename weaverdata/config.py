@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 PIPELINES_DIR = Path(__file__).resolve().parent / "pipeline_files"  # -> the repo's pipelines/
@@ -82,6 +82,7 @@ class SamplingConfig(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(192, ge=1)
     repetition_penalty: float = Field(1.05, gt=0)
+    stop: list[str] = Field(default_factory=list, description="strings that end a generation (not included in the text)")
     seed: int = 0
 
 
@@ -161,6 +162,87 @@ class IngestConfig(JobConfig):
     recipe: Literal["ingest"] = "ingest"
     image: ImageConfig = Field(default_factory=ImageConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
+
+
+class ShotConfig(Strict):
+    """Videos: shot boundaries on every decoded frame, then reference/target pairs inside a shot."""
+
+    cut_threshold: float = Field(0.12, gt=0, le=1, description="colour-histogram distance between consecutive frames above which a cut may start")
+    window: int = Field(8, ge=1, description="frames each side for the adaptive (local median) rule")
+    ratio: float | None = Field(3.0, gt=0, description="a cut must also be this many times the local median change; null: plain threshold")
+    min_shot_frames: int = Field(5, ge=1, description="shots shorter than this are merged away (flash frames)")
+    interval_s: float = Field(1.0, gt=0, description="time from the nearest reference to the target (WeGen: frames an interval apart)")
+    tolerance_s: float = Field(0.5, ge=0, description="how far from the wanted time a sampled frame may be")
+    max_refs: int = Field(1, ge=1, le=8, description="references per target, at 1, 2, ... intervals before it")
+    stride: int = Field(1, ge=1, description="sampled frames between two targets of one shot")
+
+
+class GroupingConfig(Strict):
+    """Image collections and documents: similarity graph, then repeated maximum cliques."""
+
+    edge_threshold: float = Field(0.8, ge=-1, le=1, description="CLIP cosine above which two images are joined in the graph")
+    min_size: int = Field(2, ge=2)
+    max_size: int = Field(6, ge=2, le=16)
+    exact_max_images: int = Field(50_000, ge=2, description="above this many images the graph is built from approximate neighbours (faiss) instead of all pairs")
+    knn_k: int = Field(16, ge=1, description="neighbours per image for the approximate graph")
+    knn_index: Literal["flat", "ivf", "hnsw"] = "ivf"
+
+
+class BandConfig(Strict):
+    """A reference is kept only when its cosine to the target lies in [low, high] and it is no pixel copy."""
+
+    mode: Literal["absolute", "quantile"] = Field("absolute", description="quantile: low/high are quantiles of this run's reference-target cosines")
+    low: float = Field(0.5, ge=-1, le=1)
+    high: float = Field(0.98, ge=-1, le=1)
+    phash_min: int | None = Field(5, ge=0, le=64, description="perceptual-hash distance at or under which a reference is a near-copy (MMC4: 5); null: off")
+
+
+class QualityConfig(Strict):
+    min_side: int | None = Field(150, ge=1, description="shorter side in px (MMC4: 150)")
+    aspect_min: float = Field(0.5, gt=0)
+    aspect_max: float = Field(2.0, gt=0)
+    blur_min: float | None = Field(None, ge=0, description="variance of the Laplacian (at 512 px) under which an image is blurry; null: off")
+    exposure_min: float | None = Field(None, ge=0, le=255, description="mean luminance under which an image is underexposed; null: off")
+    exposure_max: float | None = Field(None, ge=0, le=255, description="mean luminance over which an image is overexposed; null: off")
+
+
+class RefsTextConfig(Strict):
+    """What the captioning engine writes per sample."""
+
+    description: bool = Field(True, description="dense description of the target")
+    instruction: bool = Field(True, description="instruction to make the target from the references")
+    dynamics: bool = Field(True, description="video samples: what moved or changed from reference to target")
+    description_prompt: str = "dense_description"
+    instruction_prompt: str = "instruction"
+    dynamics_prompt: str = "dynamics"
+
+
+class RefsConfig(JobConfig):
+    """`weaverdata build-refs`: reference-guided image samples from videos, collections and documents."""
+
+    recipe: Literal["build-refs"] = "build-refs"
+    source: Literal["auto", "video", "collection", "documents"] = Field("auto", description="auto: video for video inputs, collection otherwise")
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    video: VideoConfig = Field(default_factory=lambda: VideoConfig(fps=2.0))
+    shots: ShotConfig = Field(default_factory=ShotConfig)
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
+    band: BandConfig = Field(default_factory=BandConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    text_to_image: Literal["none", "unmatched", "all"] = Field("unmatched", description="text-to-image samples (a target and its description): none, images in no reference sample, or every accepted image")
+    text: RefsTextConfig = Field(default_factory=RefsTextConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _text_needs_a_model(self) -> RefsConfig:
+        t = self.text
+        if (t.description or t.instruction or t.dynamics) and not self.engine.model:
+            raise ValueError("engine.model is required to write text (or set text.description, text.instruction and text.dynamics to false)")
+        if self.text_to_image != "none" and not t.description:
+            raise ValueError("text_to_image samples need text.description: true")
+        if self.band.mode == "absolute" and self.band.low > self.band.high:
+            raise ValueError(f"band.low {self.band.low} is above band.high {self.band.high}")
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)

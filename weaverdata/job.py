@@ -80,7 +80,7 @@ def prepare_output(layout: OutputLayout, recipe: str, cfg: JobConfig, units: lis
     return set()
 
 
-def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, started_at: str, wall: float, resumed: int, failed: list[dict[str, Any]], ray_info: dict[str, Any]) -> dict[str, Any]:
+def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, started_at: str, wall: float, resumed: int, failed: list[dict[str, Any]], ray_info: dict[str, Any], details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sum every committed unit's stats into summary.json (and a readable summary.md)."""
     manifest = layout.read_json(RUN_MANIFEST) or {}
     planned = [u["unit"] for u in manifest.get("units", [])]
@@ -89,6 +89,8 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
     groups: Counter[str] = Counter()
     unit_seconds = 0.0
     committed = 0
+    samples = 0
+    composite = False
     for unit in planned:
         stats = layout.read_json(layout.stats(unit))
         if stats is None:
@@ -99,6 +101,8 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
         rejected += stats["rejected"]
         reasons.update(stats["rejected_by_reason"])
         unit_seconds += stats["seconds"]
+        composite = composite or "samples" in stats
+        samples += stats.get("samples", stats["accepted"])
         for out in stats["outputs"]:
             groups[out["group"]] += out["samples"]
     summary = {
@@ -124,6 +128,10 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
         "packages": package_versions(),
         "ray": ray_info,
     }
+    if composite:
+        summary["samples"] = samples
+    if details:
+        summary["details"] = details
     errors = schemas.record_errors("run_summary", summary)
     if errors:
         raise ValueError(f"run summary breaks its schema: {errors}")
@@ -137,7 +145,8 @@ def render_summary(s: dict[str, Any]) -> str:
     lines = [
         f"# weaverdata {s['recipe']} run: {s['status']}",
         "",
-        f"- inputs: **{s['inputs']}** = accepted {s['accepted']} + rejected {s['rejected']}",
+        f"- inputs: **{s['inputs']}** = accepted {s['accepted']} + rejected {s['rejected']}"
+        + (f" (accepted: used in at least one of the **{s['samples']}** samples)" if "samples" in s else ""),
         f"- units: {u['committed']}/{u['planned']} committed ({u['resumed']} from an earlier run, {len(u['failed'])} failed)",
         f"- wall time: {s['timings']['wall_seconds']:.1f} s ({s['timings']['samples_per_second']:.1f} inputs/s)",
         "",
@@ -158,6 +167,8 @@ def run_job(
     process_unit: Callable[[WorkUnit, Any], dict[str, Any]],
     *,
     command: str = "",
+    plan: Callable[[Any, list[WorkUnit], list[WorkUnit], OutputLayout], dict[str, Any]] | None = None,
+    details_file: str | None = None,
 ) -> dict[str, Any]:
     """Plan, check, run and summarise. Fails within seconds on a bad input or output."""
     t0 = time.monotonic()
@@ -174,6 +185,9 @@ def run_job(
     ray_info: dict[str, Any] = {"note": "nothing to run: every unit was already committed"}
     if pending:
         ray_info = connect(cfg.runtime)
+        if plan is not None:  # whole-job stages (models, grouping) before the per-unit writes
+            plan(cfg, units, pending, layout)
         outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=recipe)
     failed = [{"unit": o.unit, "error": o.error} for o in outcomes if o.error]
-    return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info)
+    details = layout.read_json(details_file) if details_file else None
+    return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info, details)

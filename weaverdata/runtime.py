@@ -123,8 +123,8 @@ class Progress:
 
     def advance(self, outcome: UnitOutcome) -> None:
         if outcome.stats:
-            self.samples += outcome.stats["accepted"]
-            self.rejected += outcome.stats["rejected"]
+            self.samples += outcome.stats.get("samples", outcome.stats.get("accepted", 0))
+            self.rejected += outcome.stats.get("rejected", 0)
         if self._bar is not None:
             rate = (self.samples + self.rejected) / max(time.monotonic() - self.started, 1e-9)
             info = f"{self.samples} samples, {self.rejected} rejected, {rate:.1f} inputs/s"

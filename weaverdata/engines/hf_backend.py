@@ -71,6 +71,7 @@ class TransformersBackend:
                 top_p=sampling["top_p"] if do_sample else None,
                 repetition_penalty=sampling["repetition_penalty"],
                 pad_token_id=self.tokenizer.pad_token_id,
+                **({"stop_strings": list(sampling["stop"]), "tokenizer": self.tokenizer} if sampling.get("stop") else {}),
             )
         prompt_len = inputs["input_ids"].shape[1]
         results = []
@@ -80,12 +81,19 @@ class TransformersBackend:
             ended = eos in new
             if ended:
                 new = new[: new.index(eos)]
+            elif sampling.get("stop") and self.tokenizer.pad_token_id in new:  # stopped on a stop string, then padded
+                new = new[: new.index(self.tokenizer.pad_token_id)]
+                ended = True
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            for stop in sampling.get("stop") or ():
+                if stop in text:
+                    text, ended = text[: text.index(stop)], True
             ids = inputs["input_ids"][i]
             mask = inputs["attention_mask"][i].bool()
             results.append(
                 RawGeneration(
                     key=key,
-                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    text=text,
                     finish_reason="stop" if ended else "length",
                     prompt_tokens=int(mask.sum()),
                     completion_tokens=len(new),

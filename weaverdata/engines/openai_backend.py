@@ -84,6 +84,7 @@ class OpenAIBackend:
                         top_p=sampling["top_p"],
                         max_tokens=sampling["max_tokens"],
                         seed=sampling["seed"],
+                        stop=sampling.get("stop") or None,
                         extra_body={"repetition_penalty": sampling["repetition_penalty"]},
                         timeout=self.ocfg.timeout_s,
                     )

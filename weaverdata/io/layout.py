@@ -25,6 +25,8 @@ SUMMARY_MD = "summary.md"
 DATA_DIR = "data"
 REJECTS_DIR = "rejects"
 STATS_DIR = "stats"
+WORK_DIR = "work"  # recipes' intermediate, resumable state (build-refs: prep, plans, caption cache)
+EMBEDDINGS_DIR = "embeddings"
 
 
 class OutputLayout:
@@ -76,7 +78,7 @@ class OutputLayout:
             self.loc.fs.rm(path)
 
     def clear_all(self) -> None:
-        for rel in (DATA_DIR, REJECTS_DIR, STATS_DIR):
+        for rel in (DATA_DIR, REJECTS_DIR, STATS_DIR, WORK_DIR, EMBEDDINGS_DIR):
             if self.loc.exists(rel):
                 self.loc.fs.rm(self.loc.path(rel), recursive=True)
         for rel in (RUN_MANIFEST, SUMMARY_JSON, SUMMARY_MD):

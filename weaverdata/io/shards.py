@@ -310,7 +310,13 @@ class UnitWriter:
     source: str
     row_group_rows: int = 256
     validate_records: bool = True
+    composite: bool = False
+    """False: one input makes one sample (inputs = samples + rejects). True: a sample is made of
+    several inputs (a target and its references) and an input may serve several samples; `add`
+    names the inputs each sample used, and the stats count inputs (used + rejected) apart from
+    samples (`samples`)."""
     _shards: dict[str, _GroupShard] = field(default_factory=dict)
+    _used: set[str] = field(default_factory=set)
     _rejects: list[RejectRow] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
     _started: float = field(default_factory=time.monotonic)
@@ -326,9 +332,14 @@ class UnitWriter:
             raise RecordError(f"sample id {sample_id!r} written twice in unit {self.unit}")
         self._ids.add(sample_id)
 
-    def add(self, record: dict[str, Any], media: dict[str, Media | list[Media]], group: str) -> str:
-        """Write one sample; returns the shard group it went to."""
+    def add(self, record: dict[str, Any], media: dict[str, Media | list[Media]], group: str, inputs: tuple[str, ...] = ()) -> str:
+        """Write one sample; returns the shard group it went to. `inputs`: composite writers only,
+        the ids of this unit's inputs the sample is made of."""
         sample_id = record["id"]
+        if self.composite:
+            self._used.update(inputs)
+        elif inputs:
+            raise RecordError("inputs= is for composite writers")
         if self.validate_records:
             errors = schemas.record_errors(self.schema_name, record)
             if errors:
@@ -355,6 +366,12 @@ class UnitWriter:
         shard.add(record, members, row)
         return full_group
 
+    def mark_used(self, input_ids) -> None:
+        """Composite writers: these inputs of the unit are in at least one sample (of any unit)."""
+        if not self.composite:
+            raise RecordError("mark_used is for composite writers")
+        self._used.update(input_ids)
+
     def reject(self, row: RejectRow) -> None:
         self._claim(row.id)
         self._rejects.append(row)
@@ -373,9 +390,16 @@ class UnitWriter:
         self._shards.clear()
         rejects_rel = self.layout.rejects(self.unit)
         self._write_rejects(rejects_rel)
-        accepted = sum(o["samples"] for o in outputs)
+        samples = sum(o["samples"] for o in outputs)
         rejected = len(self._rejects)
         by_reason = Counter(r.reason for r in self._rejects)
+        if self.composite:
+            both = self._used & {r.id for r in self._rejects}
+            if both:
+                raise RecordError(f"unit {self.unit}: inputs both used and rejected, e.g. {sorted(both)[:3]}")
+            accepted = len(self._used)
+        else:
+            accepted = samples
         stats = {
             "unit": self.unit,
             "source": self.source,
@@ -388,7 +412,9 @@ class UnitWriter:
             "seconds": round(time.monotonic() - self._started, 4),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if len(self._ids) != stats["inputs"]:
+        if self.composite:
+            stats["samples"] = samples
+        elif len(self._ids) != stats["inputs"]:
             raise RecordError(f"unit {self.unit}: {len(self._ids)} ids but {stats['inputs']} inputs")
         errors = schemas.record_errors("shard_stats", stats)
         if errors:

@@ -141,8 +141,11 @@ def validate_output(url: str) -> Report:
             continue
         if stats["inputs"] != stats["accepted"] + stats["rejected"]:
             report.error(f"unit {unit}: inputs {stats['inputs']} != accepted {stats['accepted']} + rejected {stats['rejected']}")
-        if sum(o["samples"] for o in stats["outputs"]) != stats["accepted"]:
-            report.error(f"unit {unit}: shards hold {sum(o['samples'] for o in stats['outputs'])} samples, accepted is {stats['accepted']}")
+        expected = stats.get("samples", stats["accepted"])
+        if sum(o["samples"] for o in stats["outputs"]) != expected:
+            what = "samples" if "samples" in stats else "accepted"
+            report.error(f"unit {unit}: shards hold {sum(o['samples'] for o in stats['outputs'])} samples, {what} is {expected}")
+        totals["samples"] += expected
         for out in stats["outputs"]:
             _check_output(layout, unit, out, report, patterns, ids)
             groups[out["group"]] += out["samples"]
@@ -156,6 +159,8 @@ def validate_output(url: str) -> Report:
         for key in ("inputs", "accepted", "rejected"):
             if summary.get(key) != totals[key]:
                 report.error(f"{SUMMARY_JSON}: {key} = {summary.get(key)} but the committed units add up to {totals[key]}")
+        if "samples" in summary and summary["samples"] != totals["samples"]:
+            report.error(f"{SUMMARY_JSON}: samples = {summary['samples']} but the committed units add up to {totals['samples']}")
         if summary.get("inputs") != summary.get("accepted", 0) + summary.get("rejected", 0):
             report.error(f"{SUMMARY_JSON}: inputs {summary.get('inputs')} != accepted + rejected")
         if summary.get("rejected_by_reason") != dict(reasons):

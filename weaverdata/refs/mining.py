@@ -27,16 +27,21 @@ Everything except :func:`mine_corpus` (and :func:`mine_stored`, which reads embe
 calls it) is a plain function of numpy arrays, without Ray. No Python loop runs over rows or
 pairs; only over blocks (and, to order an IVF index's rows, over its lists).
 
-Why blocks are at least :data:`MIN_QUERY_BLOCK` rows: faiss computes inner products with BLAS
-for 20 queries or more and with its own SIMD loop below that; the two can differ in the last
-bit, and then a score (hence a pair at the band's edge) could differ from a single-process
-search.
+Why blocks have a minimum size (:func:`min_query_block`): faiss computes a flat index's (and
+an IVF quantizer's) inner products with BLAS when ``queries × d`` reaches
+``faiss.cvar.distance_compute_blas_threshold`` and with its own SIMD loop below; the two differ
+in the last bit. When the whole corpus would be searched with BLAS, every block is made large
+enough to be searched with BLAS too, so each score is the bit-identical float of a
+single-process search (BLAS's per-element result does not depend on how many query rows share
+the product; checked for the OpenBLAS that faiss-cpu and numpy ship). 1000 rows at ``d=128``,
+250 at ``d=512`` with faiss 1.15's defaults.
 
-Memory: the driver holds the normalised embeddings and the index until they are in the object
-store (the index is freed there once serialised); each running task holds one deserialised
-index (for ``flat`` and ``ivf``, about the size of the embeddings) plus its block's neighbour
-table. ``hnsw`` graphs built with several threads depend on thread timing, so two builds of
-the same data may differ: pass the same prebuilt ``index`` to compare runs.
+Memory: the driver holds the normalised embeddings and the serialised index until they are in
+the object store (the index itself is freed once serialised, unless the caller holds it); the
+store then holds both (about twice the embeddings for ``flat`` and ``ivf``); each running task
+holds one deserialised index (for ``flat`` and ``ivf``, about the size of the embeddings) plus
+its block's neighbour table. ``hnsw`` graphs built with several threads depend on thread
+timing, so two builds of the same data may differ: pass the same prebuilt ``index`` to compare runs.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from weaverdata.refs.vectors import l2_normalize
 log = logging.getLogger(__name__)
 
 MIN_QUERY_BLOCK = 64
-"""Smallest query block (faiss switches kernels below 20 queries; see the module doc)."""
+"""Smallest query block whatever the index (see :func:`min_query_block`)."""
 
 MineKind = IndexKind | Literal["numpy"]
 
@@ -73,18 +78,29 @@ MineKind = IndexKind | Literal["numpy"]
 # pure parts
 
 
+def min_query_block(n: int, d: int, uses_faiss: bool = True) -> int:
+    """The fewest queries a block may hold so that its scores are bit-identical to one search
+    of all ``n`` rows of dimension ``d`` (see the module doc)."""
+    if not uses_faiss:
+        return MIN_QUERY_BLOCK
+    threshold = int(_faiss().cvar.distance_compute_blas_threshold)
+    if n * d < threshold:  # the single search uses faiss's own loop, and so does any block
+        return MIN_QUERY_BLOCK
+    return max(MIN_QUERY_BLOCK, math.ceil(threshold / max(1, d)))
+
+
 def plan_blocks(n: int, query_block: int, order: np.ndarray | None = None) -> list[np.ndarray]:
-    """The query rows of each block: ``ceil(n / query_block)`` blocks of balanced sizes (they
-    differ by at most one row), taking the rows in ``order`` (a permutation of ``range(n)``;
-    row order by default)."""
-    if query_block < MIN_QUERY_BLOCK:
-        raise ValueError(f"query_block must be >= {MIN_QUERY_BLOCK} (got {query_block})")
+    """The query rows of each block: ``max(1, n // query_block)`` blocks of balanced sizes
+    (they differ by at most one row, and each holds at least ``query_block`` rows when ``n``
+    does), taking the rows in ``order`` (a permutation of ``range(n)``; row order by default)."""
+    if query_block < 1:
+        raise ValueError(f"query_block must be >= 1 (got {query_block})")
     rows = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
     if len(rows) != n:
         raise ValueError(f"order holds {len(rows)} rows for a corpus of {n}")
     if n == 0:
         return []
-    return np.array_split(rows, math.ceil(n / query_block))
+    return np.array_split(rows, max(1, n // query_block))
 
 
 def ivf_row_order(index: Any) -> np.ndarray | None:
@@ -183,15 +199,16 @@ def mine_corpus(
         with ``index_kwargs``: ``nlist``, ``nprobe``, ``hnsw_m``, ...), or ``"numpy"`` for exact
         neighbours by :func:`~weaverdata.refs.knn.brute_force_knn` in each task. Ignored when
         ``index`` (a faiss index already holding ``emb``, row ``r`` with id ``r``) is given.
-    :param query_block: queries per task (at least :data:`MIN_QUERY_BLOCK`); default: the
-        corpus cut in ``2 * parallelism`` blocks, so each worker deserialises the index about
-        twice while a slow worker delays the end by half a share at most.
+    :param query_block: queries per task, raised to :func:`min_query_block` if below it;
+        default: the corpus cut in ``2 * parallelism`` blocks, so each worker deserialises the
+        index about twice while a slow worker delays the end by half a share at most.
     :param hard_negative_min: when set, negatives must score at least this.
     :param parallelism: tasks in flight at once (each holds one copy of the index); default:
         the cluster's CPUs divided by ``task_cpus``.
     :param task_cpus: CPUs each task asks Ray for; faiss uses as many OpenMP threads (at least 1).
     :param order_by_cell: for an IVF index, take the rows list after list (faster, same result).
-    :param stats: when given, filled with ``blocks``, ``parallelism``, ``build_s``, ``put_s``,
+    :param stats: when given, filled with ``blocks``, ``query_block`` (as used),
+        ``parallelism``, ``build_s`` (normalise, build, plan), ``put_s`` (serialise, put),
         ``search_s`` (tasks, from first submission to last result), ``merge_s``,
         ``block_pairs`` (the blocks' unique pairs, before merging across blocks).
     """
@@ -218,10 +235,10 @@ def mine_corpus(
     if parallelism < 1:
         raise ValueError("parallelism must be >= 1")
     if query_block is None:
-        query_block = max(MIN_QUERY_BLOCK, math.ceil(n / (2 * parallelism)))
+        query_block = n // (2 * parallelism)
+    query_block = max(query_block, min_query_block(n, e.shape[1], index is not None or kind != "numpy"))
     threads = max(1, int(task_cpus))
 
-    index_buf = None
     order = None
     if index is not None or kind != "numpy":
         if index is None:
@@ -230,14 +247,19 @@ def mine_corpus(
             raise ValueError(f"the index holds {index.ntotal} rows, the corpus {n}")
         if order_by_cell:
             order = ivf_row_order(index)
-        index_buf = serialize_index(index)
-    index = None  # the driver's copy goes as soon as it is serialised
     blocks = plan_blocks(n, query_block, order)
+    del order
     t_built = time.perf_counter()
-
+    # into the object store, freeing the driver's copies as soon as they are there: at most
+    # the embeddings + the index, or the index + its serialised form, at once
     emb_ref = ray.put(e)
-    index_ref = ray.put(index_buf) if index_buf is not None else None
-    del index_buf
+    del e
+    index_ref = None
+    if index is not None:
+        index_buf = serialize_index(index)
+        index = None
+        index_ref = ray.put(index_buf)
+        del index_buf
     t_put = time.perf_counter()
 
     remote = ray.remote(num_cpus=task_cpus, max_retries=2)(_search_task)
@@ -261,6 +283,7 @@ def mine_corpus(
     if stats is not None:
         stats.update(
             blocks=len(blocks),
+            query_block=query_block,
             parallelism=parallelism,
             build_s=t_built - t0,
             put_s=t_put - t_built,
