@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +53,14 @@ def _setup_logging() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
     from weaverdata.io.sources import InputError
     from weaverdata.io.storage import StorageError
@@ -60,8 +69,14 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
     from weaverdata.engines.prompts import PromptError
     from weaverdata.runtime import RuntimeError_
 
+    # stdout carries the summary only (pipe --json into jq); Ray's forwarded worker logs and
+    # every other line go to stderr while the job runs
     try:
-        summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]), **job_kw)
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]), **job_kw)
+            finally:
+                _shutdown_ray()
     except (InputError, StorageError, OutputConflict, RuntimeError_, EngineUnavailable, PromptError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))

@@ -124,12 +124,34 @@ def ivf_row_order(index: Any) -> np.ndarray | None:
 
 
 def serialize_index(index: Any) -> np.ndarray:
-    """A faiss index as a ``uint8`` array (what goes into the object store)."""
-    return _faiss().serialize_index(index)
+    """A faiss index as a ``uint8`` array (what goes into the object store), written in
+    chunks: no second full-size copy on the way, unlike ``faiss.serialize_index``."""
+    faiss = _faiss()
+    buf = bytearray()
+    writer = faiss.PyCallbackIOWriter(buf.extend)
+    faiss.write_index(index, writer)
+    del writer
+    return np.frombuffer(buf, dtype=np.uint8)
 
 
 def deserialize_index(buf: np.ndarray) -> Any:
-    return _faiss().deserialize_index(np.asarray(buf, dtype=np.uint8))
+    """The index of :func:`serialize_index`, read in 1 MiB chunks straight from ``buf`` (which
+    may be a read-only, zero-copy array from the object store)."""
+    faiss = _faiss()
+    view = memoryview(np.ascontiguousarray(buf, dtype=np.uint8)).cast("B")
+    pos = 0
+
+    def read(size: int) -> bytes:
+        nonlocal pos
+        chunk = view[pos : pos + size].tobytes()
+        pos += len(chunk)
+        return chunk
+
+    reader = faiss.PyCallbackIOReader(read, 1 << 20)
+    try:
+        return faiss.read_index(reader)
+    finally:
+        del reader
 
 
 def search_block(index: Any, emb: np.ndarray, rows: np.ndarray, kk: int) -> np.ndarray:
