@@ -6,8 +6,9 @@ resumed run writes the same samples without paying for inference again.
 
 The models have random weights, so the text is gibberish and the CLIP scores carry no meaning;
 the settings below fit them (they would be wrong for a real model): generations stop at the
-first "y" or "w" (a random model seldom emits its end token, and an unfinished text is rejected
-as truncated), and the thresholds sit where the tiny CLIP's cosines are.
+first "y" or "w" (`weaverdata.demo.tiny_model_overrides`: a random model seldom emits its end
+token, and an unfinished text is rejected as truncated), and the thresholds sit where the tiny
+CLIP's cosines are.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import run_cli, skimage_photo_files
+from weaverdata.demo import tiny_model_overrides
 
 pytestmark = [pytest.mark.ray]
 
@@ -32,20 +34,9 @@ BUNNY_FRAMES = 50  # the joined video: 50 frames of Big Buck Bunny, then one sho
 
 
 def tiny_engine_args(tiny_models) -> list[str]:
-    sets = {
-        "clip.model": str(tiny_models["clip"]),
-        "clip.pretrained": "null",
-        "engine.model": str(tiny_models["vlm"]),
-        "engine.max_model_len": "1024",
-        "engine.max_num_seqs": "32",
-        "engine.max_pixels": str(224 * 224),
-        "engine.sampling.max_tokens": "32",
-        "engine.sampling.stop": '["y", "w"]',
-        "engine.retries_on_failed_check": "1",
-        "runtime.progress": "false",
-        "runtime.task_cpus": "0.5",
-    }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    """The demo's settings for the tiny random-weight models, as --set options."""
+    sets = {**tiny_model_overrides(tiny_models), "runtime.progress": False, "runtime.task_cpus": 0.5}
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:

@@ -86,58 +86,75 @@ def main(argv: list[str] | None = None) -> int:
     for err in report.errors:
         print(f"  invalid: {err}")
     print(f"[demo] outputs: {out}/data/<group>/part-*.tar|parquet, rejects in {out}/rejects, summary in {out}/summary.json")
-    caption_ok = caption_demo(root, inp / "photos")
-    print("[demo] build-refs, build-proxy and train arrive with their own issues; this demo runs what exists today.")
-    return 0 if report.ok and summary["status"] == "complete" and caption_ok else 1
+    refs_ok = refs_demo(root, inp, args.ray_address)
+    print("[demo] build-proxy and train arrive with their own issues; this demo runs what exists today.")
+    return 0 if report.ok and summary["status"] == "complete" and refs_ok else 1
 
 
-def caption_demo(root: Path, photos: Path) -> bool:
-    """Caption the demo photos with the real vLLM engine (through ray.data.llm) on the tiny VLM,
-    and embed them with the tiny open_clip model. Both have RANDOM weights: the captions are
-    gibberish and the checks reject most of them; the point is the machinery, and the report says so."""
-    import numpy as np
+def tiny_model_overrides(models: dict[str, Path]) -> dict[str, object]:
+    """Settings that fit the tiny RANDOM-WEIGHT models (and would be wrong for real ones): their
+    text is gibberish that seldom reaches an end token, so generation stops at the first "y" or
+    "w" (an unfinished text is rejected as truncated); images are small."""
+    return {
+        "clip.model": str(models["clip"]),
+        "clip.pretrained": None,
+        "engine.model": str(models["vlm"]),
+        "engine.max_model_len": 1024,
+        "engine.max_num_seqs": 32,
+        "engine.max_pixels": 224 * 224,
+        "engine.sampling.max_tokens": 32,
+        "engine.sampling.stop": ["y", "w"],
+        "engine.retries_on_failed_check": 1,
+    }
 
-    from weaverdata.config import ClipConfig, EngineConfig, SamplingConfig
-    from weaverdata.engines.captioner import Captioner
-    from weaverdata.engines.prompts import load_prompt
-    from weaverdata.engines.requests import CaptionRequest
-    from weaverdata.models.clip import ClipEmbedder, build_tiny_clip, write_embeddings
+
+def refs_demo(root: Path, inp: Path, ray_address: str | None) -> bool:
+    """weaverdata build-refs on bikes.mp4 (video recipe) and on the photos (collection recipe), with
+    the real engines (open_clip through Ray Data, vLLM through ray.data.llm) on tiny models with
+    RANDOM weights: the machinery is real, the text and the similarity scores are meaningless."""
+    from weaverdata.config import RefsConfig
+    from weaverdata.models.clip import build_tiny_clip
     from weaverdata.models.tiny import build_all
+    from weaverdata.recipes import build_refs
 
-    models = build_all(root / "tiny-models")
-    clip_dir = build_tiny_clip(root / "tiny-models" / "clip")
-    print(f"[demo] tiny models with RANDOM weights in {root / 'tiny-models'} (see its README.md)")
-    prompt = load_prompt("dense_description")
-    files = sorted(p for p in photos.iterdir() if p.suffix in (".png", ".jpg"))
-    requests = [
-        CaptionRequest(
-            id=f.stem,
-            messages=[{"role": "system", "content": prompt.system}, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.render(context="")}]}],
-            images=[f.read_bytes()],
-            prompt_sha256=prompt.sha256,
-            task="dense_description",
-        )
-        for f in files
+    models = {k: Path(v) for k, v in build_all(root / "tiny-models").items()}
+    models["clip"] = build_tiny_clip(root / "tiny-models" / "clip")
+    print(f"[demo] tiny models with RANDOM weights in {root / 'tiny-models'} (see its README.md): text and scores below are meaningless")
+    ok = True
+    runs = [
+        ("refs-video", inp / "videos", {"video.fps": 5.0, "shots.interval_s": 0.4, "shots.tolerance_s": 0.1, "band.mode": "quantile", "band.low": 0.02, "band.high": 0.98}),
+        ("refs-collection", inp / "photos", {"grouping.edge_threshold": 0.99, "band.low": 0.9, "band.high": 0.9995}),
     ]
-    cfg = EngineConfig(backend="vllm", model=str(models["vlm"]), device="auto", max_model_len=1024, batch_size=16, max_pixels=224 * 224,
-                       sampling=SamplingConfig(max_tokens=32, seed=0), retries_on_failed_check=1)
-    print(f"[demo] captioning {len(requests)} photos with vLLM (ray.data.llm) on the tiny VLM ...", flush=True)
-    captioner = Captioner(cfg, cache_url=str(root / "captions" / "cache"))
-    results = captioner.run(requests)
-    from collections import Counter
+    for recipe, source, extra in runs:
+        out = root / recipe
+        overrides = {"input.path": str(source), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **tiny_model_overrides(models), **extra}
+        cfg = load_config(RefsConfig, PIPELINES / f"{recipe}.yaml", overrides)
+        sets = " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items() if k not in ("input.path", "output.path", "output.overwrite", "runtime.ray_address"))
+        command = f"weaverdata build-refs -c pipelines/{recipe}.yaml -i {source} -o {out} --overwrite {sets}"
+        print(f"[demo] {command}", flush=True)
+        summary = run_job(build_refs.RECIPE, cfg, build_refs.process_unit, command=command, plan=build_refs.plan_job, details_file=build_refs.DETAILS)
+        print(render_summary(summary))
+        d = summary.get("details", {})
+        print(f"[demo] {recipe}: {d.get('candidates')} candidates, dropped {d.get('candidates_dropped_by_reason')}, samples by task {d.get('samples_by_task')}, band {d.get('band', {}).get('low'):.4f}..{d.get('band', {}).get('high'):.4f}, captioning {d.get('captioning')}")
+        example = _first_sample(out)
+        if example:
+            print(f"[demo] e.g. {example['id']} ({example['task']}): target {example['target']['source']}, references {[r['source'] for r in example['references']]}, description {example['description'][:60]!r} (random weights)")
+        report = validate_output(str(out))
+        print(f"[demo] weaverdata validate {out}: {'valid' if report.ok else 'INVALID'} ({report.units} units, {report.samples} samples, {report.rejects} rejects)")
+        for err in report.errors:
+            print(f"  invalid: {err}")
+        ok = ok and report.ok and summary["status"] == "complete" and summary.get("samples", 0) > 0
+    return ok
 
-    reasons = Counter(r.reason or "ok" for r in results.values())
-    seen = sum(1 for r in results.values() if r.image_tokens)
-    print(f"[demo] {len(results)} results for {len(requests)} photos; images that reached the model: {seen}; verdicts: {dict(reasons)}")
-    example = next(iter(results.values()))
-    print(f"[demo] e.g. {example.id}: {example.prompt_tokens} prompt tokens ({example.image_tokens} image tokens), text {example.text[:80]!r} (random weights)")
-    embedder = ClipEmbedder(ClipConfig(model=str(clip_dir)))
-    from PIL import Image
 
-    emb = embedder.embed_images([Image.open(f) for f in files])
-    write_embeddings([f.stem for f in files], emb, str(root / "captions" / "clip_embeddings.parquet"))
-    print(f"[demo] open_clip embeddings {emb.shape}, norms {np.linalg.norm(emb, axis=1).min():.3f}..{np.linalg.norm(emb, axis=1).max():.3f} -> {root / 'captions' / 'clip_embeddings.parquet'}")
-    return len(results) == len(requests) and seen == len(requests)
+def _first_sample(out: Path) -> dict | None:
+    import pyarrow.parquet as pq
+
+    for p in sorted(out.glob("data/*/*.parquet")):
+        rows = pq.read_table(p, columns=["id", "task", "target", "references", "description"]).slice(0, 1).to_pylist()
+        if rows:
+            return rows[0]
+    return None
 
 
 if __name__ == "__main__":

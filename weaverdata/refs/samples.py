@@ -205,7 +205,7 @@ def plan_samples(
         elif i in in_candidate:
             unused[i] = ("no_group", "its group lost every reference")
         elif im.source == "video":
-            unused[i] = (NO_PAIR, f"no sampled frame at the wanted interval inside shot {im.shot}")
+            unused[i] = (NO_PAIR, f"in no pair of shot {im.shot}: not a target (shots.stride, or no frame at the wanted interval before it) nor a target's reference")
         else:
             unused[i] = (NO_GROUP, "similar to no other image above the edge threshold")
     return Plan(samples, unused, dropped, thresholds, len(candidates))
