@@ -136,3 +136,33 @@ def test_fast_tar_header_equals_tarfile(name, size):
     from weaverdata.io.shards import _tar_header_slow, tar_header
 
     assert tar_header(name, size) == _tar_header_slow(name, size)
+
+
+def ref_record(sid: str, n_refs: int) -> dict:
+    img = {"sha256": "0" * 64, "source": "a.jpg", "width": 24, "height": 16}
+    return {
+        "id": sid, "task": "single_reference" if n_refs == 1 else "multi_reference", "target": img,
+        "references": [{**img, "clip_cosine": 0.8, "phash_distance": 20} for _ in range(n_refs)],
+        "instruction": "make it", "description": "a thing", "dynamics": "",
+        "provenance": {"kind": "collection", "source": "a.jpg", "group": "g", "times_s": []},
+    }
+
+
+def test_composite_writer_counts_inputs_apart_from_samples(tmp_path):
+    """build-refs: a sample is made of several inputs, an input may serve several samples."""
+    layout = OutputLayout.at(str(tmp_path))
+    w = UnitWriter(layout, "00000", "reference_sample", source="t", composite=True)
+    data = jpeg()
+    w.add(ref_record("s1", 1), {"target_image": Media("jpg", data), "reference_images": [Media("jpg", data)]}, group="single_reference-1ref")
+    w.add(ref_record("s2", 1), {"target_image": Media("jpg", data), "reference_images": [Media("jpg", data)]}, group="single_reference-1ref")
+    w.mark_used(["imgA", "imgB", "imgC"])  # A serves both samples
+    w.reject(RejectRow("imgD", "d.jpg", "no_group", "group"))
+    stats = w.commit()
+    assert (stats["inputs"], stats["accepted"], stats["rejected"], stats["samples"]) == (4, 3, 1, 2)
+    assert json.loads((tmp_path / "stats" / "part-00000.json").read_text()) == stats
+
+    w = UnitWriter(layout, "00001", "reference_sample", source="t", composite=True)
+    w.mark_used(["imgA"])
+    w.reject(RejectRow("imgA", "a.jpg", "no_group", "group"))
+    with pytest.raises(RecordError, match="both used and rejected"):
+        w.commit()
