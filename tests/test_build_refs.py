@@ -260,3 +260,51 @@ def test_bad_band_config_fails_at_once_naming_the_key(tmp_path):
     assert proc.returncode == 2 and "band.low" in proc.stderr
     proc = run_cli("build-refs", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "text.description=true")
     assert proc.returncode == 2 and "engine.model" in proc.stderr
+
+
+# -- interleaved documents --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> Path:
+    """OBELICS-style JSON Lines: texts and images interleaved (None marks a text position). Each
+    of the first two documents shows one subject three times; the third has one image only; the
+    fourth line is not JSON."""
+    d = tmp_path_factory.mktemp("documents")
+    (d / "img").mkdir()
+    docs = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        src = Image.open(next(f for f in skimage_photo_files() if f.stem == name)).convert("RGB")
+        w, h = src.size
+        src.save(d / "img" / f"{name}.jpg", quality=92)
+        src.crop((w // 8, h // 8, w, h)).save(d / "img" / f"{name}-crop.jpg", quality=92)
+        ImageOps.mirror(src).save(d / "img" / f"{name}-flip.jpg", quality=92)
+    for name in ("astronaut", "coffee"):
+        docs.append({"texts": ["Intro.", None, "More.", None, None], "images": [None, f"img/{name}.jpg", None, f"img/{name}-crop.jpg", f"img/{name}-flip.jpg"]})
+    docs.append({"texts": ["A cat.", None], "images": [None, "img/chelsea.jpg"]})
+    lines = [json.dumps(doc) for doc in docs] + ["{not json"]
+    (d / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_documents_group_images_inside_each_document_only(documents, tmp_path, tiny_models):
+    out = tmp_path / "out"
+    proc = run_cli("build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(documents / "docs.jsonl"), "--output", str(out), "--json",
+                   "--set", "source=documents", "--set", "text_to_image=none", "--set", "text.description=false", "--set", "text.instruction=false",
+                   "--set", "text.dynamics=false", "--set", f"clip.model={tiny_models['clip']}", "--set", "clip.pretrained=null",
+                   "--set", "grouping.edge_threshold=0.9", "--set", "band.low=0.5", "--set", "band.high=0.9999", "--set", "runtime.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    samples, rejects = _samples(out), _rejects(out)
+    assert samples and summary["details"]["captioning"] == {}
+    docs_of = lambda locator: locator.split("#image=")[0]  # noqa: E731
+    for s in samples:
+        members = [s["target"]["source"], *(r["source"] for r in s["references"])]
+        assert len({docs_of(m) for m in members}) == 1, members
+        assert s["provenance"]["kind"] == "document" and s["description"] == s["instruction"] == ""
+    reasons = {r["source"]: r["reason"] for r in rejects}
+    assert "invalid_json" in reasons.values()
+    assert any(r == "no_group" and "#image=1" in src for src, r in reasons.items())  # the cat alone in its document
+    used = {m for s in samples for m in [s["target"]["source"], *(r["source"] for r in s["references"])]}
+    assert len(used) + len(rejects) == summary["inputs"] == 3 + 3 + 1 + 1
+    assert run_cli("validate", str(out)).returncode == 0

@@ -85,6 +85,15 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
         _fail("run incomplete: some units failed (see above); rerun the same command to redo only those", 1)
 
 
+def _job_config(model, config, input, output, set_, ray_address, overwrite):
+    _setup_logging()
+    try:
+        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
+        return load_config(model, config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def ingest(
     config: ConfigOpt = None,
@@ -96,14 +105,9 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Read images (folders, tars, JSONL/Parquet, HF datasets, video frames) into checked, hashed image shards."""
-    _setup_logging()
     from weaverdata.recipes import ingest as recipe
 
-    try:
-        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
-        cfg = load_config(IngestConfig, config, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _job_config(IngestConfig, config, input, output, set_, ray_address, overwrite)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json)
 
 
@@ -118,14 +122,9 @@ def build_refs(
     as_json: JsonOpt = False,
 ) -> None:
     """Mine reference-guided samples (target + references of one subject, with text) from videos, image collections or documents."""
-    _setup_logging()
     from weaverdata.recipes import build_refs as recipe
 
-    try:
-        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
-        cfg = load_config(RefsConfig, config, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _job_config(RefsConfig, config, input, output, set_, ray_address, overwrite)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
 
 
