@@ -18,11 +18,15 @@ For each corpus size n (`--sizes`), on the same machine and in the same run:
                the ratio below favours brute force. Every block is timed when the matrix has at
                most `--bf-blocks` blocks; otherwise `--bf-blocks` random full-size blocks are
                timed and their mean is extrapolated linearly to the (n / block)^2 blocks.
-  ratio        brute-force seconds / mining seconds (how many times faster mining is).
+  ratio        brute-force seconds / mining seconds (how many times faster mining is), and the
+               same with CPU seconds: user + system seconds of the driver and every descendant
+               process (all threads) over the timed mining, against the driver's CPU seconds over
+               the products (BLAS threads included). Other jobs on the machine stretch wall
+               times (the two sides are not timed at the same moment) but hardly CPU seconds.
   recall@k     the ANN top-k from the very index the mining searched (same nprobe) against
                the exact top-k (`brute_force_knn`) for `--recall-queries` random corpus items,
                each item itself left out of both lists.
-  peak memory  a thread sampling every `--mem-interval` s the driver and all its descendant
+  peak memory  a thread sampling every `--mem-interval` s (0.5) the driver and all its descendant
                processes (the local Ray: gcs, raylet and its shared-memory object store,
                workers) during the timed mining: peak of the summed PSS (proportional set
                size, from /proc/PID/smaps_rollup: a page shared by k processes, such as the
@@ -92,10 +96,11 @@ def synthetic_embeddings(n: int, d: int = 512, seed: int = 0, chunk: int = 100_0
 # -- memory ----------------------------------------------------------------------------------
 
 
-class TreeMemory:
-    """Peak summed PSS and RSS of this process and all its descendants, sampled in a thread."""
+class TreeMonitor:
+    """Peak summed PSS and RSS of this process and all its descendants, sampled in a thread,
+    and the CPU seconds (user + system) they used between `__enter__` and `__exit__`."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.5):
         import psutil
 
         self.psutil = psutil
@@ -104,32 +109,47 @@ class TreeMemory:
         self.peak_pss = self.peak_rss = 0
         self.samples = 0
         self.max_processes = 0
+        self.own_seconds = 0.0  # thread CPU spent sampling (reading smaps is not free)
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> tuple[int, int, int]:
-        """(summed PSS, summed RSS, processes) now."""
+        """(summed PSS, summed RSS, processes) now; remembers each process's CPU seconds."""
         pss = rss = 0
         procs = [self.root, *self.root.children(recursive=True)]
         for p in procs:
             try:
                 info = p.memory_full_info()
+                cpu = p.cpu_times()
             except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess, self.psutil.AccessDenied):
                 continue
             pss += info.pss
             rss += info.rss
+            self._cpu_first.setdefault(p.pid, 0.0)  # a process born meanwhile started at 0
+            self._cpu_last[p.pid] = cpu.user + cpu.system
         return pss, rss, len(procs)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the process tree, the sampling itself left out."""
+        return sum(self._cpu_last[p] - self._cpu_first[p] for p in self._cpu_last) - self.own_seconds
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            t = time.thread_time()
             pss, rss, nproc = self.sample()
+            self.own_seconds += time.thread_time() - t
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             self.max_processes = max(self.max_processes, nproc)
             self.samples += 1
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> TreeMemory:
-        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+    def __enter__(self) -> TreeMonitor:
+        self.sample()
+        self._cpu_first = dict(self._cpu_last)
+        self._thread = threading.Thread(target=self._run, name="tree-monitor", daemon=True)
         self._thread.start()
         return self
 
@@ -145,41 +165,52 @@ class TreeMemory:
 
 
 def time_bare_products(x: np.ndarray, block: int, max_blocks: int, seed: int) -> dict:
-    """Seconds of `A @ C.T` over the n x n similarity matrix in block x block tiles: every tile
-    when there are at most `max_blocks`, else the mean of `max_blocks` random full tiles times
-    (n / block)^2."""
+    """Wall and CPU seconds (this process, all BLAS threads) of `A @ C.T` over the n x n
+    similarity matrix in block x block tiles: every tile when there are at most `max_blocks`,
+    else `max_blocks` random full tiles, their mean times (n / block)^2."""
     n = len(x)
     starts = np.arange(0, n, block)
     tiles = len(starts) ** 2
     out = np.empty((block, block), dtype=np.float32)
     np.matmul(x[:block], x[:block].T, out=out[: min(block, n), : min(block, n)])  # warm-up, untimed
     if tiles <= max_blocks:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for a in starts:
             qa = x[a : a + block]
             for c in starts:
                 cb = x[c : c + block]
                 np.matmul(qa, cb.T, out=out[: len(qa), : len(cb)])
-        seconds = time.perf_counter() - t
-        return {"seconds": seconds, "extrapolated": False, "tiles_timed": tiles, "tiles_total": tiles, "tile": block}
+        return {
+            "seconds": time.perf_counter() - t,
+            "cpu_seconds": time.process_time() - cpu,
+            "extrapolated": False,
+            "tiles_timed": tiles,
+            "tiles_total": tiles,
+            "tile": block,
+        }
     full = n // block  # tiles with block full rows
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, full, size=(max_blocks, 2)) * block
-    times = []
+    times, cpus = [], []
     for a, c in pick:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         np.matmul(x[a : a + block], x[c : c + block].T, out=out)
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - cpu)
+    scale = (n / block) ** 2
     mean = float(np.mean(times))
     return {
-        "seconds": mean * (n / block) ** 2,
+        "seconds": mean * scale,
+        "cpu_seconds": float(np.mean(cpus)) * scale,
+        "seconds_from_fastest_tile": min(times) * scale,
         "extrapolated": True,
         "tiles_timed": max_blocks,
         "tiles_total": tiles,
         "tile": block,
         "tile_seconds_mean": mean,
         "tile_seconds_min_max": [float(min(times)), float(max(times))],
-        "gflops": 2 * block * block * x.shape[1] / mean / 1e9,
+        "gflops_mean_tile": 2 * block * block * x.shape[1] / mean / 1e9,
+        "gflops_fastest_tile": 2 * block * block * x.shape[1] / min(times) / 1e9,
     }
 
 
@@ -227,7 +258,7 @@ def run_size(n: int, args) -> dict:
     params = ivf_params(n, args)
     load_before = os.getloadavg()
     gc.collect()
-    mem = TreeMemory(args.mem_interval)
+    mem = TreeMonitor(args.mem_interval)
     base_pss, base_rss, _ = mem.sample()
     stats: dict = {}
     with mem:
@@ -243,7 +274,7 @@ def run_size(n: int, args) -> dict:
         f"mining {mining_s:.1f} s (index build {build_s:.1f}, normalise + plan {stats['build_s']:.1f}, "
         f"serialise + put {stats['put_s']:.1f}, search {stats['search_s']:.1f} in {stats['blocks']} "
         f"blocks, merge + band {stats['merge_s']:.1f}); {len(band):,} pairs in band, "
-        f"{len(negatives):,} hard negatives; peak PSS {mem.peak_pss / 2**30:.2f} GiB "
+        f"{len(negatives):,} hard negatives; {mem.cpu_seconds:.0f} CPU s; peak PSS {mem.peak_pss / 2**30:.2f} GiB "
         f"(RSS {mem.peak_rss / 2**30:.2f}, before {base_pss / 2**30:.2f})", flush=True,
     )
     pairs = {"in_band": int(len(band)), "hard_negatives": int(len(negatives)), "block_pairs": stats["block_pairs"]}
@@ -258,7 +289,10 @@ def run_size(n: int, args) -> dict:
     bf = time_bare_products(x, args.bf_block, args.bf_blocks, args.seed)
     how = (f"extrapolated from {bf['tiles_timed']} of {bf['tiles_total']:,} tiles of {bf['tile']}x{bf['tile']}"
            if bf["extrapolated"] else f"measured, all {bf['tiles_total']} tiles")
-    print(f"bare brute-force products {bf['seconds']:.1f} s ({how}); ratio {bf['seconds'] / mining_s:.1f}", flush=True)
+    print(
+        f"bare brute-force products {bf['seconds']:.1f} s, {bf['cpu_seconds']:.0f} CPU s ({how}); "
+        f"ratio {bf['seconds'] / mining_s:.1f}, CPU ratio {bf['cpu_seconds'] / mem.cpu_seconds:.1f}", flush=True,
+    )
     del x
     gc.collect()
     return {
@@ -271,7 +305,9 @@ def run_size(n: int, args) -> dict:
         "mining_stats": stats,
         "pairs": pairs,
         "brute_force_products": bf,
+        "mining_cpu_seconds": mem.cpu_seconds,
         "ratio": bf["seconds"] / mining_s,
+        "cpu_ratio": bf["cpu_seconds"] / mem.cpu_seconds,
         "recall": recall,
         "memory": {
             "method": "sum over the driver and its descendant processes, sampled every "
@@ -284,6 +320,7 @@ def run_size(n: int, args) -> dict:
             "embeddings_bytes": n * args.dim * 4,
             "held_for_recall_bytes": n * (args.dim * 4 + 8),
             "samples": mem.samples,
+            "sampling_cpu_seconds": mem.own_seconds,
             "max_processes": mem.max_processes,
         },
         "load_average_before": list(load_before),
@@ -308,7 +345,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recall-queries", type=int, default=1000)
     ap.add_argument("--bf-block", type=int, default=4096, help="tile side of the brute-force products")
     ap.add_argument("--bf-blocks", type=int, default=32, help="tiles timed before extrapolating (default 32)")
-    ap.add_argument("--mem-interval", type=float, default=0.25)
+    ap.add_argument("--mem-interval", type=float, default=0.5, help="memory sampling period, s (default 0.5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.name}")
@@ -335,13 +372,16 @@ def main(argv=None) -> int:
     uptime_after = _uptime()
     total = time.perf_counter() - t_start
 
-    print(f"\n{'n':>10} {'mining s':>9} {'s/1k':>7} {'brute-force s':>14} {'ratio':>7} {'recall@k':>9} {'peak PSS GiB':>13}")
+    print(
+        f"\n{'n':>10} {'mining s':>9} {'s/1k':>7} {'brute-force s':>14} {'ratio':>7} {'CPU ratio':>9} "
+        f"{'recall@k':>9} {'peak PSS GiB':>13}"
+    )
     for r in results:
         bf = r["brute_force_products"]
         tag = "extrap." if bf["extrapolated"] else "measured"
         print(
             f"{r['n']:>10,} {r['mining_seconds']:>9.1f} {r['mining_seconds_per_1k']:>7.3f} "
-            f"{bf['seconds']:>9.0f} {tag:>4} {r['ratio']:>7.1f} {r['recall']['recall']:>9.4f} "
+            f"{bf['seconds']:>9.0f} {tag:>4} {r['ratio']:>7.1f} {r['cpu_ratio']:>9.1f} {r['recall']['recall']:>9.4f} "
             f"{r['memory']['peak_pss_bytes'] / 2**30:>13.2f}"
         )
     print(f"total {total / 60:.1f} min; uptime after: {uptime_after}")

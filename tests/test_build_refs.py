@@ -208,6 +208,8 @@ def collection_run(collection, tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("refs-collection") / "out"
     proc = run_cli("build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(collection), "--output", str(out), "--json",
                    "--set", "input.samples_per_shard=30", "--set", "grouping.edge_threshold=0.99",
+                   # the corpus-scale path: graph from faiss neighbours searched in Ray tasks, hard negatives kept
+                   "--set", "grouping.exact_max_images=10", "--set", "grouping.knn_index=ivf", "--set", "grouping.hard_negatives=true",
                    "--set", "band.low=0.9", "--set", "band.high=0.9995", *tiny_engine_args(tiny_models), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout)
@@ -239,6 +241,17 @@ def test_collection_groups_follow_the_band_and_the_target_rule(collection_run):
             assert band["low"] <= r["clip_cosine"] <= band["high"]
             assert r["phash_distance"] > band["phash_min"]
             assert r["sha256"] != s["target"]["sha256"]
+
+
+def test_collection_hard_negatives_are_unique_pairs_below_the_band(collection_run):
+    out, summary = collection_run
+    negatives = pq.read_table(out / "embeddings" / "hard_negatives.parquet").to_pylist()
+    assert len(negatives) == summary["details"]["hard_negatives"]["pairs"] > 0
+    pairs = [frozenset((n["id"], n["negative_id"])) for n in negatives]
+    assert len(set(pairs)) == len(pairs) and all(len(p) == 2 for p in pairs)
+    assert all(n["clip_cosine"] < summary["details"]["band"]["low"] for n in negatives)
+    ids = set(pq.read_table(out / "embeddings" / "images.parquet", columns=["id"]).column("id").to_pylist())
+    assert {i for p in pairs for i in p} <= ids
 
 
 def test_collection_output_validates_and_shards_have_one_field_set(collection_run):

@@ -186,6 +186,9 @@ class GroupingConfig(Strict):
     exact_max_images: int = Field(50_000, ge=2, description="above this many images the graph is built from approximate neighbours (faiss) instead of all pairs")
     knn_k: int = Field(16, ge=1, description="neighbours per image for the approximate graph")
     knn_index: Literal["flat", "ivf", "hnsw"] = "ivf"
+    knn_nprobe: int | None = Field(None, ge=1, description="ivf: inverted lists searched per query (default nlist/4; 16-64 at millions of images)")
+    hard_negatives: bool = Field(False, description="also write the neighbours below band.low as hard negatives (embeddings/hard_negatives.parquet)")
+    hard_negative_min: float | None = Field(None, ge=-1, le=1, description="hard negatives must score at least this")
 
 
 class BandConfig(Strict):

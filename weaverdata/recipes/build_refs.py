@@ -26,8 +26,8 @@ exactly what an uninterrupted run writes.
 
 from __future__ import annotations
 
+import functools
 import io
-import json
 import logging
 import posixpath
 from collections import Counter
@@ -45,6 +45,7 @@ from weaverdata.io.sources import SourceItem, WorkUnit, image_from_row, read_uni
 from weaverdata.io.storage import Location
 from weaverdata.media.image import ImageRejected, decode_image
 from weaverdata.refs.band import Thresholds
+from weaverdata.refs.mining import mine_corpus
 from weaverdata.refs.quality import quality_verdict
 from weaverdata.refs.samples import ImageMeta, Plan, SamplePlan, clique_candidates, drop_samples, plan_samples, video_candidates
 
@@ -55,6 +56,7 @@ SCHEMA = "reference_sample"
 WORK = "work"
 DETAILS = posixpath.join(WORK, "details.json")
 EMBEDDINGS = "embeddings/images.parquet"
+HARD_NEGATIVES = "embeddings/hard_negatives.parquet"
 
 PREP_SCHEMA = pa.schema(
     [
@@ -365,8 +367,10 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
     candidates = video_candidates(metas, interval_s=cfg.shots.interval_s, tolerance_s=cfg.shots.tolerance_s, max_refs=cfg.shots.max_refs, stride=cfg.shots.stride)
     g = cfg.grouping
     kw = dict(edge_threshold=g.edge_threshold, min_size=g.min_size, max_size=g.max_size, exact_max_images=g.exact_max_images, knn_k=g.knn_k, knn_index=g.knn_index)
+    kw["neighbour_pairs"] = functools.partial(mine_corpus, task_cpus=cfg.runtime.task_cpus, **({"nprobe": g.knn_nprobe} if g.knn_nprobe else {}))
     collection = [i for i, m in enumerate(metas) if m.source == "collection"]
     candidates += clique_candidates(emb, collection, group_prefix="", **kw)
+
     docs: dict[str, list[int]] = {}
     for i, m in enumerate(metas):
         if m.source == "document":
@@ -376,6 +380,7 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
     b = cfg.band
     thresholds = Thresholds(b.low, b.high, b.mode, b.phash_min)
     plan = plan_samples(metas, emb, candidates, thresholds, text_to_image=cfg.text_to_image)
+    negatives = write_hard_negatives(layout, cfg, emb[collection], [metas[i].id for i in collection], plan.thresholds.low) if g.hard_negatives else None
     # text
     caption_stats: dict[str, Any] = {}
     texts: dict[str, dict[str, str]] = {s.id: {} for s in plan.samples}
@@ -440,9 +445,30 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
         "band": {"low": t.low, "high": t.high, "phash_min": t.phash_min, "mode": cfg.band.mode, "quantiles": list(t.quantiles) if t.quantiles else None, "sample_size": t.sample_size},
         "captioning": caption_stats,
         "embeddings": EMBEDDINGS,
+        "hard_negatives": {"file": HARD_NEGATIVES, "pairs": negatives} if negatives is not None else None,
     }
     layout.write_json(DETAILS, details)
     return details
+
+
+def write_hard_negatives(layout: OutputLayout, cfg: RefsConfig, emb: np.ndarray, ids: list[str], low: float) -> int:
+    """Neighbours below band.low (close in embedding space, yet not the same subject), by id, to
+    OUT/embeddings/hard_negatives.parquet; the same pair found twice is kept once."""
+    g = cfg.grouping
+    if len(ids) < 2:
+        return 0
+    kw = {"nprobe": g.knn_nprobe} if g.knn_nprobe else {}
+    kind = g.knn_index if len(ids) > g.exact_max_images else "flat"
+    _, negatives = mine_corpus(emb, g.knn_k, low, 1.0, kind=kind, hard_negative_min=g.hard_negative_min, task_cpus=cfg.runtime.task_cpus, **kw)
+    table = pa.table({
+        "id": pa.array([ids[i] for i in negatives["i"]], pa.string()),
+        "negative_id": pa.array([ids[j] for j in negatives["j"]], pa.string()),
+        "clip_cosine": pa.array(negatives["score"], pa.float32()),
+    })
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    layout.loc.write_bytes_atomic(HARD_NEGATIVES, sink.getvalue())
+    return table.num_rows
 
 
 def _units_of(accepted: pa.Table, metas: list[ImageMeta]) -> list[str]:

@@ -1,7 +1,7 @@
 """Pure decision logic for `weaverdata build-refs`: reference-guided image samples.
 
 A reference sample is a target image plus 1..N references showing the same subject. This
-package decides which images become such samples; it knows nothing of Ray, files or models,
+package decides which images become such samples; apart from :mod:`.mining` (Ray tasks over an index) it knows nothing of Ray, files or models,
 and every function takes plain values (numbers, numpy arrays) and returns plain values.
 
 ========================  ==================================================================
@@ -17,6 +17,10 @@ module                    what it decides
 :mod:`.knn`               corpus scale: faiss / brute-force neighbours, unique pairs, pairs in
                           the band and hard negatives, recall@k
 :mod:`.quality`           per-image quality: size, aspect ratio, blur, exposure
+:mod:`.samples`           candidates (video pairs, cliques) to sample plans: band per
+                          reference, task kinds, why an unused image is unused
+:mod:`.mining`            the one Ray edge here: the faiss index searched in parallel Ray
+                          tasks over query blocks (same result as :func:`.knn.mine_pairs`)
 :mod:`.vectors`           L2 normalisation shared by the above
 ========================  ==================================================================
 

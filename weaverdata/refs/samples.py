@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,15 +103,21 @@ def clique_candidates(
     knn_k: int,
     knn_index: str,
     group_prefix: str,
+    neighbour_pairs: Callable[..., tuple[np.ndarray, np.ndarray]] = knn.mine_pairs,
 ) -> list[tuple[list[int], int, str]]:
-    """Groups of ``indices`` by repeated maximum cliques; the least similar member is the target."""
+    """Groups of ``indices`` by repeated maximum cliques; the least similar member is the target.
+
+    Up to ``exact_max_images`` the graph has every pair at or above ``edge_threshold``; above,
+    its edges are the pairs among each image's ``knn_k`` approximate neighbours
+    (``neighbour_pairs(emb, k, low, high, kind=...)``: :func:`weaverdata.refs.knn.mine_pairs`, or
+    the Ray-parallel :func:`weaverdata.refs.mining.mine_corpus`, which gives the same pairs)."""
     if len(indices) < min_size:
         return []
     sub = emb[indices]
     if len(indices) <= exact_max_images:
         adj = grouping.similarity_graph(sub, edge_threshold)
     else:
-        pairs, _ = knn.mine_pairs(sub, knn_k, edge_threshold, 1.0, kind=knn_index)
+        pairs, _ = neighbour_pairs(sub, knn_k, edge_threshold, 1.0, kind=knn_index)
         adj = grouping.adjacency_from_pairs(len(indices), pairs)
     out = []
     for g, members in enumerate(grouping.repeated_max_cliques_graph(adj, min_size, max_size)):
