@@ -11,7 +11,8 @@ the result cache nor vLLM's multimodal cache ever answers a timed request. Model
 random-weight Qwen2-VL of `weaverdata.models.tiny` (`.cache/tiny-models/vlm`, built if missing).
 Prompt: `pipelines/prompts/dense_description.txt` (system + image + text). Both sides use the
 same engine arguments (max_model_len, max_num_seqs, dtype float32, enforce_eager, seed,
-limit_mm_per_prompt, enable_chunked_prefill=False -- see below), the same KV-cache size and
+limit_mm_per_prompt, and enable_chunked_prefill=False, which `VLLMBackend` sets on CPU -- see
+below), the same KV-cache size and
 the same sampling parameters (weaverdata's `sampling_for(cfg, 0)`, per-request seed included);
 images are downsized to at most 224*224 pixels on both sides (`vllm_backend.prepared_image`).
 
@@ -48,11 +49,12 @@ enable_chunked_prefill=False: with vLLM 0.32 on CPU, a request with its own seed
 split over steps crashes the engine core ("RuntimeError: CPU Generator does not use offset",
 gpu_model_runner._bookkeeping_sync). weaverdata always sends a per-request seed, and with the
 default token budget (4096) a 32-sequence batch of 176-token image prompts is chunked, so
-without this setting the weaverdata run never finishes (Ray Data restarts the dead actor in a
-loop) and the bare `LLM.chat` raises. Pass `--engine-kwargs '{}'` to see it.
+`VLLMBackend` turns chunked prefill off on CPU by default, and the bare side does the same.
+Pass `--engine-kwargs '{"enable_chunked_prefill": true}'` to see the crash (the weaverdata run
+then never finishes: Ray Data restarts the dead actor in a loop; the bare `LLM.chat` raises).
 
     cd /work/main && .venv/bin/python -m benchmarks.bench_captioning [--images 256] [--repeats 2]
-    .venv/bin/python -m benchmarks.bench_captioning --variants '[{}, {"batch_size": 64}]'
+    .venv/bin/python -m benchmarks.bench_captioning --variants '[{}, {"batch_size": 64}, {"max_pending_requests": 512}]'
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "captioning.json"
 MODELS = REPO / ".cache" / "tiny-models"
 MAX_PIXELS = 224 * 224
-DEFAULT_ENGINE_KWARGS = {"enable_chunked_prefill": False}
+DEFAULT_ENGINE_KWARGS: dict = {}  # extra engine arguments, both sides
+# what VLLMBackend.processor sets on CPU before the configured engine_kwargs (the bare side mirrors it)
+BACKEND_CPU_ENGINE_KWARGS = {"enable_chunked_prefill": False}
 
 
 # -- workload (main process) -----------------------------------------------------------------
@@ -173,7 +177,7 @@ def role_bare(spec: dict) -> dict:
         seed=cfg.sampling.seed,
         enforce_eager=True,
         **({} if multiprocess else {"distributed_executor_backend": "uni"}),
-        **cfg.engine_kwargs,
+        **{**BACKEND_CPU_ENGINE_KWARGS, **cfg.engine_kwargs},
     )
     t_init = time.perf_counter() - t
     params = vllm.SamplingParams(**sampling_for(cfg, 0))
@@ -214,7 +218,7 @@ def timed_backend_class():
 
     class TimedVLLMBackend(VLLMBackend):
         arrivals: list[float]
-        processor_overrides: dict = {}  # prototype only: ray.data.llm processor settings weaverdata does not expose
+        processor_overrides: dict = {}  # ray.data.llm processor settings weaverdata does not expose (experiments only)
         posts: list[float]
         received: list[float]
 
@@ -324,7 +328,9 @@ def role_weaverdata(spec: dict) -> dict:
     print(f"[weaverdata] warm-up run: {out['warmup']['seconds']:.1f} s", file=sys.stderr, flush=True)
     for v, overrides in enumerate(spec["variants"]):
         fields = {k: x for k, x in overrides.items() if k != "_processor"}
-        proc = overrides.get("_processor")  # e.g. {"max_pending_requests": 256}: a prototype of a code change
+        proc = dict(overrides.get("_processor") or {})  # other ray.data.llm processor fields (experiments)
+        if "max_pending_requests" in proc:  # formerly a prototype here, now an EngineConfig field
+            fields.setdefault("max_pending_requests", proc.pop("max_pending_requests"))
         cfg = engine_config(spec, fields)
         runs = []
         for r, paths in enumerate(spec["variant_sets"][v]):
@@ -375,8 +381,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--engine-kwargs", default=json.dumps(DEFAULT_ENGINE_KWARGS), help="extra vLLM engine arguments, both sides (JSON)")
-    ap.add_argument("--variants", default="[{}]", help="JSON list of EngineConfig overrides for the weaverdata side (batch_size, prep_cpus, cpus_per_replica, ...); "
-                    'a "_processor" key sets ray.data.llm processor fields weaverdata does not expose (prototype of a code change), e.g. {"_processor": {"max_pending_requests": 256}}')
+    ap.add_argument("--variants", default="[{}]", help="JSON list of EngineConfig overrides for the weaverdata side (batch_size, max_pending_requests, prep_cpus, cpus_per_replica, ...); "
+                    'a "_processor" key sets ray.data.llm processor fields weaverdata does not expose (experiments), e.g. {"_processor": {"max_tasks_in_flight_per_actor": 8}}; '
+                    '{"_processor": {"max_pending_requests": N}} is mapped onto the EngineConfig field')
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bare-mp", action="store_true", help="also time the bare engine in vLLM's multiprocess layout (engine core in a child process, OMP_NUM_THREADS=1): the layout weaverdata's actor runs; informative")
     ap.add_argument("--bare-1thread", action="store_true", help="also time the bare engine with OMP_NUM_THREADS=1 (what the engine core gets inside weaverdata's 1-CPU actor); informative")
@@ -505,7 +512,7 @@ def main(argv=None) -> int:
                 "load_average_end": list(load_end),
             },
             "workload": {"images_per_run": args.images, "repeats": args.repeats, "warmup_images": args.warmup_images, "jpeg_bytes_total": nbytes, "max_tokens": args.max_tokens},
-            "engine": {"model": str(model), "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs, "dtype": "float32", "engine_kwargs": spec["engine_kwargs"], "max_pixels": MAX_PIXELS},
+            "engine": {"model": str(model), "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs, "dtype": "float32", "engine_kwargs": spec["engine_kwargs"], "backend_cpu_defaults": BACKEND_CPU_ENGINE_KWARGS, "max_pixels": MAX_PIXELS},
             "target": {"ratio_steady_at_least": 0.9},
             "bare": {
                 "median_images_per_s": round(bare_ips, 3),

@@ -19,8 +19,8 @@ reported, all in this one process (the weaverdata stage runs in a local Ray star
               its default thread count in this process (all cores).
   weaverdata  `embed_dataset(ray.data.from_items([{id, image}]), cfg)` consumed fully
               (`iter_batches`), from `from_items` to the last batch: `PrepareClipBatch` (safe
-              decode with EXIF orientation, sha256 and phash, transform) and `ClipImageStage`
-              (forward) actors. A warm-up run on other images comes first. Ray Data starts
+              decode with EXIF orientation and sha256, no phash; transform; `prep_replicas`
+              actors) and `ClipImageStage` (forward) actors. A warm-up run on other images comes first. Ray Data starts
               new actors (and loads the model) for every execution, and its output reaches the
               driver in a few large blocks, so the stream rate is measured from inside: thin
               subclasses of the two stages (swapped into `weaverdata.models.clip` for the
@@ -38,7 +38,7 @@ Headline: ratio = weaverdata steady images/s / bare images/s, per model and prec
 the target figure; bf16 informative).
 
     cd /work/main && .venv/bin/python -m benchmarks.bench_clip [--images 512] [--repeats 3]
-    .venv/bin/python -m benchmarks.bench_clip --models vit-b-32 --variants '[{}, {"cpus_per_replica": 2}]'
+    .venv/bin/python -m benchmarks.bench_clip --models vit-b-32 --variants '[{}, {"cpus_per_replica": 2}, {"prep_replicas": 2}]'
 """
 
 from __future__ import annotations
@@ -108,24 +108,13 @@ def run_bare(embedder, blobs: list[bytes]) -> float:
     return wall
 
 
-def instrumented_stages(no_phash: bool = False):
-    """Subclasses of weaverdata's two stages that add their call-start wall time to every row.
-
-    `no_phash` (prototype of a code change, off by default): the decode stage skips the
-    perceptual hash `decode_image` computes and CLIP never uses.
-    """
+def instrumented_stages():
+    """Subclasses of weaverdata's two stages that add their call-start wall time to every row."""
     import numpy as np
 
     from weaverdata.models import clip
 
     class TimedPrepare(clip.PrepareClipBatch):
-        def __init__(self, cfg):
-            super().__init__(cfg)
-            if no_phash:
-                import weaverdata.media.image as image
-
-                image.phash = lambda im: ""  # in this worker process only
-
         def __call__(self, batch):
             t = time.time()
             out = super().__call__(batch)
@@ -142,32 +131,32 @@ def instrumented_stages(no_phash: bool = False):
     return TimedPrepare, TimedImageStage
 
 
-def embed_dataset_prototype(prep_concurrency: int):
-    """`clip.embed_dataset` with the decode stage's concurrency as a parameter (prototype of a code change)."""
-    from weaverdata.models import clip
-
-    def embed_dataset(ds, cfg):
-        prepared = ds.map_batches(clip.PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, concurrency=prep_concurrency, num_cpus=cfg.prep_cpus)
-        return prepared.map_batches(
-            clip.ClipImageStage,
-            fn_constructor_kwargs={"cfg": cfg},
-            batch_size=cfg.batch_size,
-            concurrency=cfg.replicas,
-            num_cpus=cfg.cpus_per_replica,
-            num_gpus=cfg.gpus_per_replica or None,
-        )
-
-    return embed_dataset
+# Former prototypes of this benchmark, now real code: the decode actors' count is
+# `ClipConfig.prep_replicas`, and the decode stage never computes the perceptual hash.
+LEGACY_KEYS = {"_prep_concurrency": "prep_replicas", "_no_phash": None}
 
 
-def run_weaverdata(cfg, blobs: list[bytes], tag: str, prototype: dict | None = None) -> dict:
+def config_overrides(overrides: dict) -> dict:
+    """A variant's ClipConfig fields, the former prototype keys mapped onto them."""
+    fields = {}
+    for k, v in overrides.items():
+        if k in LEGACY_KEYS:
+            if LEGACY_KEYS[k]:
+                fields.setdefault(LEGACY_KEYS[k], v)
+        elif k.startswith("_"):
+            raise SystemExit(f"unknown variant key {k!r}")
+        else:
+            fields[k] = v
+    return fields
+
+
+def run_weaverdata(cfg, blobs: list[bytes], tag: str) -> dict:
     import ray
 
     from weaverdata.models import clip
 
-    prototype = prototype or {}
-    embed = embed_dataset_prototype(prototype["_prep_concurrency"]) if "_prep_concurrency" in prototype else clip.embed_dataset
-    prep_cls, fwd_cls = instrumented_stages(no_phash=bool(prototype.get("_no_phash")))
+    embed = clip.embed_dataset
+    prep_cls, fwd_cls = instrumented_stages()
     originals = clip.PrepareClipBatch, clip.ClipImageStage
     clip.PrepareClipBatch, clip.ClipImageStage = prep_cls, fwd_cls  # embed_dataset looks them up at call time
     try:
@@ -211,8 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="ClipConfig.batch_size, both sides (default 64)")
     ap.add_argument("--models", default="tiny,vit-b-32", help="comma list of tiny, vit-b-32")
     ap.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (default fp32)")
-    ap.add_argument("--variants", default="[{}]", help="JSON list of ClipConfig overrides for the weaverdata side (cpus_per_replica, prep_cpus, replicas, ...); "
-                    'prototypes of code changes: "_prep_concurrency": N (decode actors), "_no_phash": true (skip the unused perceptual hash)')
+    ap.add_argument("--variants", default="[{}]", help="JSON list of ClipConfig overrides for the weaverdata side (cpus_per_replica, prep_replicas, prep_cpus, replicas, ...); "
+                    'the former prototype keys "_prep_concurrency": N (now prep_replicas) and "_no_phash" (now always) are still accepted')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=str(RESULTS), help=f"results file (default results/{RESULTS.name})")
     ap.add_argument("--no-save", action="store_true", help="do not write the results file")
@@ -243,10 +232,8 @@ def main(argv=None) -> int:
             embedder = ClipEmbedder(cfg)
             run_bare(embedder, warm)
             for overrides in variants:
-                fields = {k: v for k, v in overrides.items() if not k.startswith("_")}
-                proto = {k: v for k, v in overrides.items() if k.startswith("_")}
-                wcfg = model_cfg(model, precision, args.batch_size, fields)
-                run_weaverdata(wcfg, warm, "warm", proto)
+                wcfg = model_cfg(model, precision, args.batch_size, config_overrides(overrides))
+                run_weaverdata(wcfg, warm, "warm")
                 bare_s, wd = [], []
                 for r in range(args.repeats):
                     order = ("bare", "wd") if r % 2 == 0 else ("wd", "bare")
@@ -255,7 +242,7 @@ def main(argv=None) -> int:
                         if side == "bare":
                             bare_s.append(run_bare(embedder, blobs))
                         else:
-                            wd.append(run_weaverdata(wcfg, blobs, f"r{r}", proto))
+                            wd.append(run_weaverdata(wcfg, blobs, f"r{r}"))
                     print(
                         f"{model} {precision} {json.dumps(overrides)} repeat {r + 1}: bare {len(blobs) / bare_s[-1]:.1f}/s, "
                         f"weaverdata steady {wd[-1]['steady_images_per_s']:.1f}/s, total {len(blobs) / wd[-1]['seconds']:.1f}/s "

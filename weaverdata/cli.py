@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from weaverdata import __version__
-from weaverdata.config import ConfigError, IngestConfig, RefsConfig, load_config, parse_override
+from weaverdata.config import ConfigError, IngestConfig, ProxyConfig, RefsConfig, load_config, parse_override
 
 app = typer.Typer(
     name="weaverdata",
@@ -125,6 +125,23 @@ def build_refs(
     from weaverdata.recipes import build_refs as recipe
 
     cfg = _job_config(RefsConfig, config, input, output, set_, ray_address, overwrite)
+    _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
+
+
+@app.command("build-proxy")
+def build_proxy(
+    config: ConfigOpt = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build textual-proxy interleaved documents (<imagine>description</imagine><BOI> per image) from documents, images, image groups or text seeds."""
+    from weaverdata.recipes import build_proxy as recipe
+
+    cfg = _job_config(ProxyConfig, config, input, output, set_, ray_address, overwrite)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
 
 

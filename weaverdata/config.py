@@ -248,6 +248,70 @@ class RefsConfig(JobConfig):
         return self
 
 
+class TagsConfig(Strict):
+    open: str = "<imagine>"
+    close: str = "</imagine>"
+    boi: str = "<BOI>"
+
+
+class ProxyTextConfig(Strict):
+    """Which prompt writes what, and how the outputs are held to the proxy format."""
+
+    constrain: bool = Field(True, description="constrain generations that must contain proxies to a regular expression (vLLM structured outputs): the proxies appear, in order, with the descriptions given")
+    description_min_words: int = Field(5, ge=1, description="a proxy's description must have at least this many words")
+    description_max_words: int = Field(160, ge=1)
+    text_max_chars: int = Field(400, ge=20, description="constrained generations: at most this many characters between two proxies")
+    description_prompt: str = "dense_description"
+    request_prompt: str = "request"
+    narrative_prompt: str = "narrative"
+    refinement_prompt: str = "refinement"
+    answer_prompt: str = "answer"
+    seed_prompt: str = "seed_answer"
+    refine: bool = Field(True, description="image groups: a refinement pass over the woven narrative")
+
+
+class DocumentsConfig(Strict):
+    """Interleaved documents (OBELICS / MMC4 rows, HTML pages); published filter defaults."""
+
+    min_images: int = Field(1, ge=0)
+    max_images: int = Field(30, ge=1)
+    min_words: int = Field(10, ge=0)
+    max_words: int = Field(2000, ge=1)
+    request: Literal["title", "vlm"] = Field("title", description="the user turn: the title and opening of the document, or a request the VLM writes")
+    opening_words: int = Field(40, ge=0, description="words of the document's opening in a title request")
+    context_words: int = Field(80, ge=0, description="words of surrounding text given with each image to describe")
+    cut_samples: bool = Field(True, description="also emit the document cut after its first proxy (a text-then-proxy target)")
+    same_subject_cosine: float = Field(0.85, ge=-1, le=1, description="an image this close (CLIP) to an earlier one of its document is described with the earlier description in the prompt")
+
+
+class ProxyConfig(JobConfig):
+    """`weaverdata build-proxy`: textual-proxy interleaved documents for planner training."""
+
+    recipe: Literal["documents", "single_image", "image_group", "text_seed"] = "single_image"
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    grouping: GroupingConfig = Field(default_factory=lambda: GroupingConfig(min_size=2, max_size=4))
+    input_image_share: float = Field(0.1, ge=0, le=1, description="single_image: share of samples that show the image as a real input in the user turn")
+    seed_field: str | None = Field(None, description="text_seed: the row field holding the seed (auto: seed, title, keyword, label, text)")
+    seed_max_images: int = Field(3, ge=1, le=8, description="text_seed: at most this many proxies in an answer")
+    dedup: bool = True
+    dedup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard above which a document is a near-duplicate")
+    text: ProxyTextConfig = Field(default_factory=ProxyTextConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    seed: int = Field(0, description="choices made at random (input-image share) follow this seed")
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> ProxyConfig:
+        if not self.engine.model:
+            raise ValueError("engine.model is required: build-proxy writes every description and narrative with it")
+        if self.text.constrain and self.engine.backend == "transformers":
+            raise ValueError("text.constrain needs the vllm or openai backend (structured outputs); set text.constrain=false for transformers")
+        return self
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

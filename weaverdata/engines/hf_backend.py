@@ -103,6 +103,9 @@ class TransformersBackend:
         return results
 
     def generate(self, requests: list[CaptionRequest], keys: list[str], sampling: dict) -> Iterator[RawGeneration]:
+        constrained = [r.id for r in requests if r.regex]
+        if constrained:
+            raise ValueError(f"the transformers backend cannot constrain outputs to a regex (requests {constrained[:3]}); use the vllm or openai backend, or turn off the recipe's constrained outputs")
         step = self.cfg.batch_size
         for start in range(0, len(requests), step):
             yield from self._batch(requests[start : start + step], keys[start : start + step], sampling)

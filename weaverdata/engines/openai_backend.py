@@ -84,8 +84,8 @@ class OpenAIBackend:
                         top_p=sampling["top_p"],
                         max_tokens=sampling["max_tokens"],
                         seed=sampling["seed"],
-                        stop=sampling.get("stop") or None,
-                        extra_body={"repetition_penalty": sampling["repetition_penalty"]},
+                        stop=(sampling.get("stop") or None) if not req.regex else None,
+                        extra_body={"repetition_penalty": sampling["repetition_penalty"], **({"structured_outputs": {"regex": req.regex}} if req.regex else {})},
                         timeout=self.ocfg.timeout_s,
                     )
                     choice = resp.choices[0]

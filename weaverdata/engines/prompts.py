@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "pipeline_files" / "prompts"  # -> pipelines/prompts
-TASKS = ("dense_description", "instruction", "dynamics", "request", "narrative", "refinement")
+TASKS = ("dense_description", "instruction", "dynamics", "request", "narrative", "refinement", "answer", "seed_answer")
 
 
 class PromptError(ValueError):

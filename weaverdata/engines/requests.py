@@ -24,6 +24,7 @@ class CaptionRequest:
     prompt_sha256: str = ""
     task: str = ""  # prompt name, for format checks and reports
     image_sha256: list[str] = field(default_factory=list)
+    regex: str = ""  # constrain the output to this regular expression (vLLM structured outputs); "" = free
 
     def __post_init__(self) -> None:
         slots = sum(1 for m in self.messages if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image")
@@ -88,7 +89,7 @@ def cache_key(req: CaptionRequest, cfg: EngineConfig) -> str:
             content = [{"type": "image", "sha256": next(images)} if p.get("type") == "image" else p for p in content]
         messages.append({"role": m["role"], "content": content})
     blob = json.dumps(
-        {"messages": messages, "model": model_identity(cfg), "sampling": cfg.sampling.model_dump(), "prompt": req.prompt_sha256, "max_pixels": cfg.max_pixels},
+        {"messages": messages, "model": model_identity(cfg), "sampling": cfg.sampling.model_dump(), "prompt": req.prompt_sha256, "max_pixels": cfg.max_pixels, **({"regex": req.regex} if req.regex else {})},
         sort_keys=True,
         separators=(",", ":"),
     )

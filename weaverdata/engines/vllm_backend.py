@@ -168,7 +168,12 @@ class VLLMBackend:
 
         return build_processor(
             config,
-            preprocess=lambda row: {**row, "sampling_params": dict(sampling)},
+            preprocess=lambda row: {
+                **{k: v for k, v in row.items() if k != "regex"},
+                # vLLM structured outputs (ray.data.llm turns this key into StructuredOutputsParams)
+                # a constrained generation ends when its pattern is complete: stop strings would cut it
+                "sampling_params": {**sampling, "structured_outputs": {"regex": row["regex"]}, "stop": []} if row.get("regex") else dict(sampling),
+            },
             postprocess=postprocess,
             preprocess_map_kwargs={"num_cpus": cfg.prep_cpus},
             postprocess_map_kwargs={"num_cpus": cfg.prep_cpus},
@@ -192,7 +197,7 @@ class VLLMBackend:
     def generate(self, requests: list[CaptionRequest], keys: list[str], sampling: dict) -> Iterator[RawGeneration]:
         import ray
 
-        rows = [{"key": k, "messages": json.dumps(r.messages), "images": list(r.images)} for r, k in zip(requests, keys)]
+        rows = [{"key": k, "messages": json.dumps(r.messages), "images": list(r.images), "regex": r.regex} for r, k in zip(requests, keys)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(1, self.cfg.batch_size), 64)))
         seen = 0
         for row in self.process_dataset(ds, sampling).iter_rows():

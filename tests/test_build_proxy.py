@@ -1,0 +1,192 @@
+"""`weaverdata build-proxy` end to end, through the CLI, for each of its four recipes, on real
+inputs (scikit-image photos, titles and text of the Wikipedia articles gensim ships, HTML pages
+and OBELICS rows built from them), with the real vLLM engine (ray.data.llm) and open_clip on
+tiny RANDOM-WEIGHT models.
+
+Random weights write gibberish and seldom stop, so (as in `weaverdata.demo.tiny_model_overrides`)
+free generations stop at the first "y" or "w"; generations that must hold proxies are held to
+the format by vLLM structured outputs (`text.constrain`, the production default), which works
+on any model. Descriptions are short, so the minimum description length is one word here.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from tests.conftest import run_cli, skimage_photo_files
+from weaverdata.demo import tiny_model_overrides
+from weaverdata.proxy.format import Tags, check_proxies, segments
+
+pytestmark = [pytest.mark.ray]
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry")
+
+
+def wiki_articles(n: int = 12) -> list[tuple[str, str]]:
+    """(title, plain text) of real articles from the Wikipedia dump gensim ships (no redirects)."""
+    import gensim
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    dump = Path(gensim.__file__).parent / "test" / "test_data" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    out = []
+    for title, text, _ in extract_pages(bz2.BZ2File(dump)):
+        plain = " ".join(filter_wiki(text).split())
+        if plain.startswith("#REDIRECT") or len(plain.split()) < 200:
+            continue
+        out.append((title, plain))
+        if len(out) == n:
+            break
+    assert len(out) == n
+    return out
+
+
+def args_for(recipe: str, inp: Path, out: Path, tiny_models, *extra: str) -> list[str]:
+    sets = {
+        **tiny_model_overrides(tiny_models),
+        "engine.sampling.max_tokens": 256,  # constrained generations hold whole descriptions
+        "text.description_min_words": 1,
+        "text.text_max_chars": 60,
+        "runtime.progress": False,
+    }
+    flat = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+    return ["build-proxy", "--config", f"pipelines/proxy-{recipe}.yaml", "--input", str(inp), "--output", str(out), "--json", *flat, *extra]
+
+
+def run(args) -> dict:
+    proc = run_cli(*args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def records(out: Path) -> list[dict]:
+    rows = []
+    for p in sorted(out.glob("data/*/*.parquet")):
+        rows += pq.read_table(p, columns=["id", "recipe", "shape", "messages", "images", "tags", "source"]).to_pylist()
+    return rows
+
+
+def rejects(out: Path) -> list[dict]:
+    return [r for p in sorted(out.glob("rejects/*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def check_common(out: Path, summary: dict) -> list[dict]:
+    """Every output is a well-formed proxy document; accounting holds; validate and HF datasets agree."""
+    import datasets
+
+    recs = records(out)
+    assert summary["status"] == "complete" and summary["samples"] == len(recs) > 0
+    assert summary["inputs"] == summary["accepted"] + summary["rejected"]
+    tags = Tags()
+    for r in recs:
+        user, assistant = r["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant" and user["content"] and assistant["content"]
+        assert check_proxies(assistant["content"], tags, min_words=1).ok, assistant["content"]
+        proxies = [s.text for s in segments(assistant["content"]) if s.kind == "proxy"]
+        outputs = [im for im in r["images"] if im["role"] == "output"]
+        if r["recipe"] != "text_seed":
+            assert proxies == [im["description"] for im in outputs]
+        assert r["shape"] == ("text" if not proxies or segments(assistant["content"])[-1].kind == "text" else ("proxy" if len(segments(assistant["content"])) == 1 else "text_proxy"))
+    assert run_cli("validate", str(out)).returncode == 0
+    for group in sorted(p.name for p in (out / "data").iterdir()):
+        ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / "data" / group).glob("*.parquet")), split="train")
+        tar = datasets.load_dataset("webdataset", data_files=sorted(str(p) for p in (out / "data" / group).glob("*.tar")), split="train")
+        assert ds["id"] == tar["__key__"] and len(ds) == summary["samples_by_group"][group]
+    return recs
+
+
+def test_single_image(photos_dir, tmp_path, tiny_models):
+    out = tmp_path / "out"
+    summary = run(args_for("single-image", photos_dir, out, tiny_models, "--set", "input_image_share=0.3"))
+    recs = check_common(out, summary)
+    assert {r["shape"] for r in recs} == {"text", "proxy", "text_proxy"}
+    for r in recs:
+        if r["shape"] == "text":  # the image shown as a real input, referenced by slot
+            assert r["messages"][0]["content"].startswith("<image:0>") and r["images"][0]["role"] == "input"
+    reasons = {x["reason"] for x in rejects(out)}
+    # the random model writes the same text whatever the photo: the duplicates are caught
+    assert reasons & {"duplicate_exact", "duplicate_near"}
+    used = {im["source"] for r in recs for im in r["images"]}
+    assert len(used) + len(rejects(out)) == summary["inputs"]
+
+
+def test_image_group(tmp_path, tiny_models):
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    for f in skimage_photo_files():
+        if f.stem in PHOTOS:
+            im = Image.open(f).convert("RGB")
+            w, h = im.size
+            im.save(inp / f"{f.stem}.jpg", quality=92)
+            im.crop((w // 10, h // 10, w, h)).save(inp / f"{f.stem}-crop.jpg", quality=92)
+            ImageOps.mirror(im).save(inp / f"{f.stem}-flip.jpg", quality=92)
+    out = tmp_path / "out"
+    summary = run(args_for("image-group", inp, out, tiny_models, "--set", f"clip.model={tiny_models['clip']}", "--set", "clip.pretrained=null",
+                           "--set", "grouping.edge_threshold=0.99", "--set", "dedup=false"))
+    recs = check_common(out, summary)
+    for r in recs:
+        assert r["recipe"] == "image_group" and 2 <= len(r["images"]) <= 4
+        assert [im["slot"] for im in r["images"]] == list(range(len(r["images"])))
+    assert summary["details"]["captioning"]["requests"] > 0
+    files = {p.name for p in inp.iterdir()}
+    used = {im["source"] for r in recs for im in r["images"]}
+    assert used | {x["source"] for x in rejects(out)} == files
+
+
+def test_text_seed(tmp_path, tiny_models):
+    inp = tmp_path / "seeds.jsonl"
+    titles = [t for t, _ in wiki_articles()]
+    inp.write_text("\n".join(json.dumps({"title": t}) for t in titles) + "\n" + json.dumps({"other": 1}) + "\n")
+    out = tmp_path / "out"
+    summary = run(args_for("text-seed", inp, out, tiny_models, "--set", "dedup=false"))
+    recs = check_common(out, summary)
+    assert {r["messages"][0]["content"] for r in recs} <= set(titles)
+    assert all(r["images"] == [] for r in recs)
+    reasons = [x["reason"] for x in rejects(out)]
+    assert "missing_field" in reasons and summary["inputs"] == len(titles) + 1
+
+
+def test_documents_html_and_obelics(tmp_path, tiny_models):
+    inp = tmp_path / "docs"
+    (inp / "pages" / "img").mkdir(parents=True)
+    photos = {f.stem: f for f in skimage_photo_files()}
+    for name in PHOTOS[:4]:
+        Image.open(photos[name]).convert("RGB").save(inp / "pages" / "img" / f"{name}.jpg", quality=92)
+    articles = wiki_articles(4)
+    for k, (title, text) in enumerate(articles[:3]):
+        words = text.split()
+        paras = [" ".join(words[i : i + 60]) for i in range(0, 240, 60)]
+        imgs = [PHOTOS[k], PHOTOS[k + 1]]
+        body = f"<p>{paras[0]}</p><img src='img/{imgs[0]}.jpg'><p>{paras[1]}</p><script>x()</script><p>{paras[2]}</p><img src='img/{imgs[1]}.jpg'><p>{paras[3]}</p>"
+        (inp / "pages" / f"page{k}.html").write_text(f"<html><head><title>{title}</title></head><body><nav>menu</nav>{body}</body></html>")
+    (inp / "pages" / "no-images.html").write_text(f"<html><body><p>{articles[3][1][:2000]}</p></body></html>")
+    # OBELICS rows next to the pages: images as paths relative to the file
+    rows = [{"texts": [articles[3][1][:600], None, "The end of the story."], "images": [None, "pages/img/coffee.jpg", None]},
+            {"texts": ["too short", None], "images": [None, "pages/img/coffee.jpg"]}]
+    (inp / "obelics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    summary = run(args_for("documents", inp, out, tiny_models, "--set", f"clip.model={tiny_models['clip']}", "--set", "clip.pretrained=null", "--set", "dedup=false"))
+    recs = check_common(out, summary)
+    shapes = {r["shape"] for r in recs}
+    assert "text" in shapes and "text_proxy" in shapes
+    by_reason = {}
+    for x in rejects(out):
+        by_reason.setdefault(x["reason"], []).append(x["source"])
+    assert by_reason.get("too_few_images") == ["pages/no-images.html"]
+    assert by_reason.get("too_few_words") and by_reason.get("not_a_document")  # the image files are assets, not documents
+    for r in recs:  # the proxies sit where the images were: text, proxy, text, proxy, text
+        if r["source"].startswith("pages/page") and r["shape"] == "text":
+            kinds = [s.kind for s in segments(r["messages"][1]["content"])]
+            assert kinds == ["text", "proxy", "text", "proxy", "text"], kinds
+            assert r["messages"][0]["content"].split()[0] in {t.split()[0] for t, _ in articles}
+
+
+@pytest.mark.parametrize("recipe", ["documents", "single-image", "image-group", "text-seed"])
+def test_recipes_load_and_need_a_model(recipe, tmp_path):
+    proc = run_cli("build-proxy", "--config", f"pipelines/proxy-{recipe}.yaml", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "engine.model=null")
+    assert proc.returncode == 2 and "engine.model" in proc.stderr
