@@ -268,7 +268,7 @@ class Draft:
 class TextRound:
     """One Captioner run over many requests; results by request id."""
 
-    def __init__(self, cfg: ProxyConfig, layout: OutputLayout):
+    def __init__(self, cfg: ProxyConfig, layout: OutputLayout, backend: Any = None):
         from weaverdata.engines.captioner import Captioner
         from weaverdata.engines.prompts import load_prompt
 
@@ -278,6 +278,8 @@ class TextRound:
         self.Captioner = Captioner
         self.prompt = lambda name: load_prompt(name)
         self.stats: Counter = Counter()
+        self.backend = backend  # None: the configured engine; tests pass a scripted one
+        self.log: list[list[Any]] = []  # the requests of every round, in order
 
     def request(self, rid: str, prompt_name: str, images: list[bytes], regex: str = "", **values: Any):
         from weaverdata.engines.requests import CaptionRequest
@@ -294,7 +296,8 @@ class TextRound:
     def run(self, requests: list) -> dict[str, Any]:
         if not requests:
             return {}
-        captioner = self.Captioner(self.cfg.engine, cache_url=self.cache_url)
+        self.log.append(list(requests))
+        captioner = self.Captioner(self.cfg.engine, cache_url=self.cache_url, backend=self.backend)
         try:
             results = captioner.run(requests)
         finally:
