@@ -146,6 +146,30 @@ def build_proxy(
 
 
 @app.command()
+def mix(
+    proxy: Annotated[list[str], typer.Option("--proxy", "-p", help="a build-proxy output folder (repeatable)")],
+    understanding: Annotated[str, typer.Option("--understanding", "-u", help="image question-answer chats: JSON Lines, Parquet, or an HF dataset folder (save_to_disk)")],
+    output: OutputOpt = None,
+    ratio: Annotated[float, typer.Option(help="generation samples per understanding sample (Wan-Weaver: 5)")] = 5.0,
+    seed: Annotated[int, typer.Option(help="the mix is the same for the same seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the planner's training mix: proxy documents and understanding chats at a ratio (5:1 by default)."""
+    from weaverdata.io.storage import StorageError
+    from weaverdata.recipes.mix import MixError, build_mix
+
+    if not output:
+        _fail("no output given (--output PATH)")
+    if ratio <= 0:
+        _fail("--ratio must be > 0")
+    try:
+        summary = build_mix(proxy, understanding, output, ratio=ratio, seed=seed)
+    except (MixError, StorageError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2) if as_json else f"{summary['samples']} samples: {summary['generation']['taken']} generation + {summary['understanding']['taken']} understanding (ratio {summary['ratio_achieved']}) -> {summary['file']}")
+
+
+@app.command()
 def validate(
     output: Annotated[str, typer.Argument(help="output folder or URL to check")],
     as_json: JsonOpt = False,
