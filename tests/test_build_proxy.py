@@ -11,49 +11,25 @@ on any model. Descriptions are short, so the minimum description length is one w
 
 from __future__ import annotations
 
-import bz2
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageOps
 
-from tests.conftest import run_cli, skimage_photo_files
-from weaverdata.demo import tiny_model_overrides
+from tests.conftest import run_cli
+from weaverdata.demo import proxy_inputs, proxy_overrides
 from weaverdata.proxy.format import Tags, check_proxies, segments
 
 pytestmark = [pytest.mark.ray]
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry")
-
-
-def wiki_articles(n: int = 12) -> list[tuple[str, str]]:
-    """(title, plain text) of real articles from the Wikipedia dump gensim ships (no redirects)."""
-    import gensim
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
-
-    dump = Path(gensim.__file__).parent / "test" / "test_data" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-    out = []
-    for title, text, _ in extract_pages(bz2.BZ2File(dump)):
-        plain = " ".join(filter_wiki(text).split())
-        if plain.startswith("#REDIRECT") or len(plain.split()) < 200:
-            continue
-        out.append((title, plain))
-        if len(out) == n:
-            break
-    assert len(out) == n
-    return out
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    return proxy_inputs(tmp_path_factory.mktemp("proxy-inputs"))
 
 
 def args_for(recipe: str, inp: Path, out: Path, tiny_models, *extra: str) -> list[str]:
-    sets = {
-        **tiny_model_overrides(tiny_models),
-        "engine.sampling.max_tokens": 256,  # constrained generations hold whole descriptions
-        "text.description_min_words": 1,
-        "text.text_max_chars": 60,
-        "runtime.progress": False,
-    }
+    sets = {**proxy_overrides(tiny_models, recipe), "runtime.progress": False}
     flat = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
     return ["build-proxy", "--config", f"pipelines/proxy-{recipe}.yaml", "--input", str(inp), "--output", str(out), "--json", *flat, *extra]
 
@@ -100,9 +76,9 @@ def check_common(out: Path, summary: dict) -> list[dict]:
     return recs
 
 
-def test_single_image(photos_dir, tmp_path, tiny_models):
+def test_single_image(inputs, tmp_path, tiny_models):
     out = tmp_path / "out"
-    summary = run(args_for("single-image", photos_dir, out, tiny_models, "--set", "input_image_share=0.3"))
+    summary = run(args_for("single-image", inputs["single-image"], out, tiny_models, "--set", "input_image_share=0.3"))
     recs = check_common(out, summary)
     assert {r["shape"] for r in recs} == {"text", "proxy", "text_proxy"}
     for r in recs:
@@ -115,19 +91,10 @@ def test_single_image(photos_dir, tmp_path, tiny_models):
     assert len(used) + len(rejects(out)) == summary["inputs"]
 
 
-def test_image_group(tmp_path, tiny_models):
-    inp = tmp_path / "photos"
-    inp.mkdir()
-    for f in skimage_photo_files():
-        if f.stem in PHOTOS:
-            im = Image.open(f).convert("RGB")
-            w, h = im.size
-            im.save(inp / f"{f.stem}.jpg", quality=92)
-            im.crop((w // 10, h // 10, w, h)).save(inp / f"{f.stem}-crop.jpg", quality=92)
-            ImageOps.mirror(im).save(inp / f"{f.stem}-flip.jpg", quality=92)
+def test_image_group(inputs, tmp_path, tiny_models):
+    inp = inputs["image-group"]
     out = tmp_path / "out"
-    summary = run(args_for("image-group", inp, out, tiny_models, "--set", f"clip.model={tiny_models['clip']}", "--set", "clip.pretrained=null",
-                           "--set", "grouping.edge_threshold=0.99", "--set", "dedup=false"))
+    summary = run(args_for("image-group", inp, out, tiny_models, "--set", "dedup=false"))
     recs = check_common(out, summary)
     for r in recs:
         assert r["recipe"] == "image_group" and 2 <= len(r["images"]) <= 4
@@ -138,10 +105,9 @@ def test_image_group(tmp_path, tiny_models):
     assert used | {x["source"] for x in rejects(out)} == files
 
 
-def test_text_seed(tmp_path, tiny_models):
-    inp = tmp_path / "seeds.jsonl"
-    titles = [t for t, _ in wiki_articles()]
-    inp.write_text("\n".join(json.dumps({"title": t}) for t in titles) + "\n" + json.dumps({"other": 1}) + "\n")
+def test_text_seed(inputs, tmp_path, tiny_models):
+    inp = inputs["text-seed"]
+    titles = [json.loads(line)["title"] for line in inp.read_text().splitlines() if "title" in line]
     out = tmp_path / "out"
     summary = run(args_for("text-seed", inp, out, tiny_models, "--set", "dedup=false"))
     recs = check_common(out, summary)
@@ -151,26 +117,11 @@ def test_text_seed(tmp_path, tiny_models):
     assert "missing_field" in reasons and summary["inputs"] == len(titles) + 1
 
 
-def test_documents_html_and_obelics(tmp_path, tiny_models):
-    inp = tmp_path / "docs"
-    (inp / "pages" / "img").mkdir(parents=True)
-    photos = {f.stem: f for f in skimage_photo_files()}
-    for name in PHOTOS[:4]:
-        Image.open(photos[name]).convert("RGB").save(inp / "pages" / "img" / f"{name}.jpg", quality=92)
-    articles = wiki_articles(4)
-    for k, (title, text) in enumerate(articles[:3]):
-        words = text.split()
-        paras = [" ".join(words[i : i + 60]) for i in range(0, 240, 60)]
-        imgs = [PHOTOS[k], PHOTOS[k + 1]]
-        body = f"<p>{paras[0]}</p><img src='img/{imgs[0]}.jpg'><p>{paras[1]}</p><script>x()</script><p>{paras[2]}</p><img src='img/{imgs[1]}.jpg'><p>{paras[3]}</p>"
-        (inp / "pages" / f"page{k}.html").write_text(f"<html><head><title>{title}</title></head><body><nav>menu</nav>{body}</body></html>")
-    (inp / "pages" / "no-images.html").write_text(f"<html><body><p>{articles[3][1][:2000]}</p></body></html>")
-    # OBELICS rows next to the pages: images as paths relative to the file
-    rows = [{"texts": [articles[3][1][:600], None, "The end of the story."], "images": [None, "pages/img/coffee.jpg", None]},
-            {"texts": ["too short", None], "images": [None, "pages/img/coffee.jpg"]}]
-    (inp / "obelics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+def test_documents_html_and_obelics(inputs, tmp_path, tiny_models):
+    inp = inputs["documents"]
+    titles = {p.read_text().split("<title>")[1].split("</title>")[0] for p in (inp / "pages").glob("page*.html")}
     out = tmp_path / "out"
-    summary = run(args_for("documents", inp, out, tiny_models, "--set", f"clip.model={tiny_models['clip']}", "--set", "clip.pretrained=null", "--set", "dedup=false"))
+    summary = run(args_for("documents", inp, out, tiny_models, "--set", "dedup=false"))
     recs = check_common(out, summary)
     shapes = {r["shape"] for r in recs}
     assert "text" in shapes and "text_proxy" in shapes
@@ -183,7 +134,7 @@ def test_documents_html_and_obelics(tmp_path, tiny_models):
         if r["source"].startswith("pages/page") and r["shape"] == "text":
             kinds = [s.kind for s in segments(r["messages"][1]["content"])]
             assert kinds == ["text", "proxy", "text", "proxy", "text"], kinds
-            assert r["messages"][0]["content"].split()[0] in {t.split()[0] for t, _ in articles}
+            assert any(r["messages"][0]["content"].startswith(t) for t in titles)
 
 
 @pytest.mark.parametrize("recipe", ["documents", "single-image", "image-group", "text-seed"])

@@ -15,7 +15,7 @@ def test_demo_runs_and_validates(tmp_path):
     assert "valid (4 units" in res.stdout
     assert "RANDOM weights" in res.stdout
     assert (tmp_path / "demo" / "ingest" / "summary.json").is_file()
-    for recipe in ("refs-video", "refs-collection"):
+    for recipe in ("refs-video", "refs-collection", "proxy-documents", "proxy-single-image"):
         assert f"validate {tmp_path / 'demo' / recipe}: valid" in res.stdout
         summary = json.loads((tmp_path / "demo" / recipe / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["samples"] > 0

@@ -87,8 +87,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  invalid: {err}")
     print(f"[demo] outputs: {out}/data/<group>/part-*.tar|parquet, rejects in {out}/rejects, summary in {out}/summary.json")
     refs_ok = refs_demo(root, inp, args.ray_address)
-    print("[demo] build-proxy and train arrive with their own issues; this demo runs what exists today.")
-    return 0 if report.ok and summary["status"] == "complete" and refs_ok else 1
+    proxy_ok = proxy_demo(root, args.ray_address)
+    print("[demo] train arrives with its own issue; this demo runs what exists today.")
+    return 0 if report.ok and summary["status"] == "complete" and refs_ok and proxy_ok else 1
+
+
+def _tiny_models(root: Path) -> dict[str, Path]:
+    from weaverdata.models.clip import build_tiny_clip
+    from weaverdata.models.tiny import build_all
+
+    models = {k: Path(v) for k, v in build_all(root / "tiny-models").items()}
+    models["clip"] = build_tiny_clip(root / "tiny-models" / "clip")
+    return models
+
+
+def _report(out: Path, summary: dict) -> bool:
+    report = validate_output(str(out))
+    print(f"[demo] weaverdata validate {out}: {'valid' if report.ok else 'INVALID'} ({report.units} units, {report.samples} samples, {report.rejects} rejects)")
+    for err in report.errors:
+        print(f"  invalid: {err}")
+    return report.ok and summary["status"] == "complete" and summary.get("samples", 0) > 0
+
+
+def _command(head: str, overrides: dict[str, object]) -> str:
+    skip = ("input.path", "output.path", "output.overwrite", "runtime.ray_address")
+    return head + " " + " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items() if k not in skip)
+
+
+def proxy_demo(root: Path, ray_address: str | None) -> bool:
+    """weaverdata build-proxy on HTML pages + OBELICS rows (documents) and on photos (single
+    image), with vLLM structured outputs holding the proxies, on the tiny RANDOM-WEIGHT models."""
+    from weaverdata.config import ProxyConfig
+    from weaverdata.recipes import build_proxy
+
+    models = _tiny_models(root)
+    inputs = proxy_inputs(root / "proxy-input")
+    ok = True
+    for recipe in ("documents", "single-image"):
+        out = root / f"proxy-{recipe}"
+        overrides = {"input.path": str(inputs[recipe]), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **proxy_overrides(models, recipe)}
+        cfg = load_config(ProxyConfig, PIPELINES / f"proxy-{recipe}.yaml", overrides)
+        command = _command(f"weaverdata build-proxy -c pipelines/proxy-{recipe}.yaml -i {inputs[recipe]} -o {out} --overwrite", overrides)
+        print(f"[demo] {command}", flush=True)
+        summary = run_job(build_proxy.RECIPE, cfg, build_proxy.process_unit, command=command, plan=build_proxy.plan_job, details_file=build_proxy.DETAILS)
+        print(render_summary(summary))
+        d = summary.get("details", {})
+        print(f"[demo] proxy-{recipe}: samples by shape {d.get('samples_by_shape')}, repairs {d.get('repairs')}, engine {d.get('engine_seconds')} s of {summary['timings']['wall_seconds']} s, captioning {d.get('captioning')}")
+        example = _first_proxy(out)
+        if example:
+            print(f"[demo] e.g. {example['id']} ({example['shape']}): user {example['messages'][0]['content'][:60]!r} / assistant {example['messages'][1]['content'][:160]!r} (random weights)")
+        ok = _report(out, summary) and ok
+    return ok
+
+
+def _first_proxy(out: Path) -> dict | None:
+    import pyarrow.parquet as pq
+
+    for p in sorted(out.glob("data/*/*.parquet")):
+        rows = pq.read_table(p, columns=["id", "shape", "messages"]).slice(0, 1).to_pylist()
+        if rows:
+            return rows[0]
+    return None
 
 
 def tiny_model_overrides(models: dict[str, Path]) -> dict[str, object]:
@@ -113,12 +172,9 @@ def refs_demo(root: Path, inp: Path, ray_address: str | None) -> bool:
     the real engines (open_clip through Ray Data, vLLM through ray.data.llm) on tiny models with
     RANDOM weights: the machinery is real, the text and the similarity scores are meaningless."""
     from weaverdata.config import RefsConfig
-    from weaverdata.models.clip import build_tiny_clip
-    from weaverdata.models.tiny import build_all
     from weaverdata.recipes import build_refs
 
-    models = {k: Path(v) for k, v in build_all(root / "tiny-models").items()}
-    models["clip"] = build_tiny_clip(root / "tiny-models" / "clip")
+    models = _tiny_models(root)
     print(f"[demo] tiny models with RANDOM weights in {root / 'tiny-models'} (see its README.md): text and scores below are meaningless")
     ok = True
     runs = [
@@ -129,8 +185,7 @@ def refs_demo(root: Path, inp: Path, ray_address: str | None) -> bool:
         out = root / recipe
         overrides = {"input.path": str(source), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **tiny_model_overrides(models), **extra}
         cfg = load_config(RefsConfig, PIPELINES / f"{recipe}.yaml", overrides)
-        sets = " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items() if k not in ("input.path", "output.path", "output.overwrite", "runtime.ray_address"))
-        command = f"weaverdata build-refs -c pipelines/{recipe}.yaml -i {source} -o {out} --overwrite {sets}"
+        command = _command(f"weaverdata build-refs -c pipelines/{recipe}.yaml -i {source} -o {out} --overwrite", overrides)
         print(f"[demo] {command}", flush=True)
         summary = run_job(build_refs.RECIPE, cfg, build_refs.process_unit, command=command, plan=build_refs.plan_job, details_file=build_refs.DETAILS)
         print(render_summary(summary))
@@ -139,12 +194,85 @@ def refs_demo(root: Path, inp: Path, ray_address: str | None) -> bool:
         example = _first_sample(out)
         if example:
             print(f"[demo] e.g. {example['id']} ({example['task']}): target {example['target']['source']}, references {[r['source'] for r in example['references']]}, description {example['description'][:60]!r} (random weights)")
-        report = validate_output(str(out))
-        print(f"[demo] weaverdata validate {out}: {'valid' if report.ok else 'INVALID'} ({report.units} units, {report.samples} samples, {report.rejects} rejects)")
-        for err in report.errors:
-            print(f"  invalid: {err}")
-        ok = ok and report.ok and summary["status"] == "complete" and summary.get("samples", 0) > 0
+        ok = _report(out, summary) and ok
     return ok
+
+
+PROXY_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "ihc")
+
+
+def wiki_articles(n: int = 12) -> list[tuple[str, str]]:
+    """(title, plain text) of real articles from the Wikipedia dump gensim ships (no redirects)."""
+    import bz2
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    dump = _package_data("gensim", "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    out = []
+    for title, text, _ in extract_pages(bz2.BZ2File(dump)):
+        plain = " ".join(filter_wiki(text).split())
+        if plain.startswith("#REDIRECT") or len(plain.split()) < 200:
+            continue
+        out.append((title, plain))
+        if len(out) == n:
+            break
+    return out
+
+
+def proxy_inputs(root: Path) -> dict[str, Path]:
+    """Real inputs for the four build-proxy recipes under root: photos (single_image), photos with
+    a crop and a mirrored copy each (image_group), Wikipedia titles (text_seed), and HTML pages
+    plus OBELICS rows made of Wikipedia text and photos (documents; with one page without images,
+    one row too short, and the image files, which are assets, not documents)."""
+    from PIL import Image, ImageOps
+
+    photos = {p.stem: p for p in _package_data("skimage", "data").iterdir() if p.suffix in (".png", ".jpg")}
+    out = {}
+    single = root / "photos"
+    single.mkdir(parents=True, exist_ok=True)
+    for f in photos.values():
+        shutil.copyfile(f, single / f.name)
+    out["single-image"] = single
+    groups = root / "groups"
+    groups.mkdir(exist_ok=True)
+    for name in PROXY_PHOTOS:
+        im = Image.open(photos[name]).convert("RGB")
+        w, h = im.size
+        im.save(groups / f"{name}.jpg", quality=92)
+        im.crop((w // 10, h // 10, w, h)).save(groups / f"{name}-crop.jpg", quality=92)
+        ImageOps.mirror(im).save(groups / f"{name}-flip.jpg", quality=92)
+    out["image-group"] = groups
+    articles = wiki_articles(12)
+    seeds = root / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps({"title": t}) for t, _ in articles) + "\n" + json.dumps({"other": 1}) + "\n")
+    out["text-seed"] = seeds
+    docs = root / "docs"
+    (docs / "pages" / "img").mkdir(parents=True, exist_ok=True)
+    for name in PROXY_PHOTOS[:4]:
+        Image.open(photos[name]).convert("RGB").save(docs / "pages" / "img" / f"{name}.jpg", quality=92)
+    for k, (title, text) in enumerate(articles[:3]):
+        words = text.split()
+        paras = [" ".join(words[i : i + 60]) for i in range(0, 240, 60)]
+        first, second = PROXY_PHOTOS[k], PROXY_PHOTOS[k + 1]
+        body = f"<p>{paras[0]}</p><img src='img/{first}.jpg'><p>{paras[1]}</p><script>x()</script><p>{paras[2]}</p><img src='img/{second}.jpg'><p>{paras[3]}</p>"
+        (docs / "pages" / f"page{k}.html").write_text(f"<html><head><title>{title}</title></head><body><nav>menu</nav>{body}</body></html>")
+    (docs / "pages" / "no-images.html").write_text(f"<html><body><p>{articles[3][1][:2000]}</p></body></html>")
+    rows = [{"texts": [articles[3][1][:600], None, "The end of the story."], "images": [None, "pages/img/coffee.jpg", None]},
+            {"texts": ["too short", None], "images": [None, "pages/img/coffee.jpg"]}]
+    (docs / "obelics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out["documents"] = docs
+    return out
+
+
+def proxy_overrides(models: dict[str, Path], recipe: str) -> dict[str, object]:
+    """The tiny-model settings plus what build-proxy needs of them: room for whole descriptions in
+    constrained generations, one-word descriptions, short text between proxies."""
+    extra: dict[str, object] = {"engine.sampling.max_tokens": 256, "text.description_min_words": 1, "text.text_max_chars": 60}
+    if recipe in ("image-group", "documents"):
+        extra.update({"clip.model": str(models["clip"]), "clip.pretrained": None})
+    if recipe == "image-group":
+        extra["grouping.edge_threshold"] = 0.99
+    return {**tiny_model_overrides(models), **extra}
 
 
 def _first_sample(out: Path) -> dict | None:

@@ -40,6 +40,7 @@ import json
 import logging
 import posixpath
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -280,6 +281,7 @@ class TextRound:
         self.stats: Counter = Counter()
         self.backend = backend  # None: the configured engine; tests pass a scripted one
         self.log: list[list[Any]] = []  # the requests of every round, in order
+        self.seconds = 0.0  # wall time inside the engine runs (engine start included)
 
     def request(self, rid: str, prompt_name: str, images: list[bytes], regex: str = "", **values: Any):
         from weaverdata.engines.requests import CaptionRequest
@@ -298,10 +300,12 @@ class TextRound:
             return {}
         self.log.append(list(requests))
         captioner = self.Captioner(self.cfg.engine, cache_url=self.cache_url, backend=self.backend)
+        started = time.monotonic()
         try:
             results = captioner.run(requests)
         finally:
             captioner.close()
+            self.seconds += time.monotonic() - started
         self.stats.update(captioner.stats)
         return results
 
@@ -681,6 +685,8 @@ def plan_job(cfg: ProxyConfig, units: list[WorkUnit], pending: list[WorkUnit], l
         "repairs": dict(sorted(repairs.items())),
         "inputs_failed_by_reason": dict(sorted(Counter(v[0] for v in failed.values()).items())),
         "captioning": dict(rounds.stats),
+        "engine_seconds": round(rounds.seconds, 3),
+        "engine_rounds": len(rounds.log),
         "constrained": cfg.text.constrain,
     }
     layout.write_json(DETAILS, details)
