@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.test_vllm_engine import photo_requests
 from weaverdata.config import EngineConfig, SamplingConfig
 from weaverdata.engines.captioner import Captioner

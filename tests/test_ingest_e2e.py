@@ -9,9 +9,7 @@ are stored unchanged; the EXIF-rotated photo comes out upright.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -184,7 +182,6 @@ def test_source_bytes_are_stored_unchanged(corpus_run):
 
 
 def test_exif_rotated_photo_comes_out_upright(corpus_run):
-    from PIL import Image, ImageOps
 
     out = corpus_run[1]
     rec = _records(out)["images/rotated.jpg"]

@@ -20,7 +20,6 @@ and the stable sample id is a hash of it (`sample_id`), so reruns and other mach
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 import re
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weaverdata.config import InputConfig
-from weaverdata.io.storage import Location, StorageError
+from weaverdata.io.storage import Location
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "jfif", "pjpeg", "ppm", "pgm", "pbm", "ico", "avif", "heic"})
 VIDEO_EXTS = frozenset({"mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "3gp"})

@@ -35,7 +35,6 @@ Four recipes (``recipe:`` in the config), one shape of job (as build-refs: modul
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import posixpath
@@ -51,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from weaverdata.config import ProxyConfig
-from weaverdata.io.layout import OutputLayout
+from weaverdata.io.layout import WORK_DIR, OutputLayout
 from weaverdata.io.shards import Media, RejectRow, UnitWriter
 from weaverdata.io.sources import WorkUnit, _resolve_image_value, read_unit, sample_id
 from weaverdata.io.storage import Location
@@ -59,14 +58,13 @@ from weaverdata.media.image import ImageRejected, decode_image
 from weaverdata.proxy import documents as docs
 from weaverdata.proxy.dedup import MinHasher, find_duplicates
 from weaverdata.proxy.format import Tags, check_or_repair, cut_after_proxy, segments, shape_of
+from weaverdata.recipes.staged import DETAILS, plan_path, prep_path, prepare_all, read_plan, read_prep, reject_dict, write_prep
 from weaverdata.refs.quality import quality_verdict
 
 log = logging.getLogger(__name__)
 
 RECIPE = "build-proxy"
 SCHEMA = "proxy_document"
-WORK = "work"
-DETAILS = posixpath.join(WORK, "details.json")
 SEED_FIELDS = ("seed", "title", "keyword", "label", "category", "text")
 HTML_EXTS = ("html", "htm")
 
@@ -89,14 +87,6 @@ PREP_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-
-
-def prep_path(unit: str) -> str:
-    return posixpath.join(WORK, "prep", f"part-{unit}.parquet")
-
-
-def plan_path(unit: str) -> str:
-    return posixpath.join(WORK, "plans", f"part-{unit}.json")
 
 
 def _row(unit: str, rid: str, locator: str, kind: str, **kw: Any) -> dict[str, Any]:
@@ -225,27 +215,9 @@ def _prepare_documents(unit: WorkUnit, cfg: ProxyConfig) -> list[dict[str, Any]]
 
 
 def prepare_unit(unit: WorkUnit, cfg: ProxyConfig) -> dict[str, Any]:
-    layout = OutputLayout(Location.of(cfg.output.path))
-    rel = prep_path(unit.unit)
-    if layout.loc.exists(rel):
-        return {"unit": unit.unit, "accepted": 0, "rejected": 0, "cached": True}
-    if cfg.recipe == "documents":
-        rows = _prepare_documents(unit, cfg)
-    elif cfg.recipe == "text_seed":
-        rows = _prepare_seeds(unit, cfg)
-    else:
-        rows = _prepare_images(unit, cfg)
-    seen, unique = set(), []
-    for r in rows:
-        if r["id"] not in seen:
-            seen.add(r["id"])
-            unique.append(r)
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(unique, schema=PREP_SCHEMA), sink, compression="zstd")
-    layout.loc.write_bytes_atomic(rel, sink.getvalue())
-    inputs = [r for r in unique if r["kind"] != "doc_image"]
-    ok = sum(1 for r in inputs if not r["reason"])
-    return {"unit": unit.unit, "accepted": ok, "rejected": len(inputs) - ok}
+    """Stage 1 for one unit; idempotent. A document's images are not inputs (the document is)."""
+    make = {"documents": _prepare_documents, "text_seed": _prepare_seeds}.get(cfg.recipe, _prepare_images)
+    return write_prep(cfg, unit, lambda: make(unit, cfg), PREP_SCHEMA, counts=lambda r: r["kind"] != "doc_image")
 
 
 # -- stage 2: plan ---------------------------------------------------------------------------
@@ -275,7 +247,7 @@ class TextRound:
 
         self.cfg = cfg
         self.tags = Tags(cfg.tags.open, cfg.tags.close, cfg.tags.boi)
-        self.cache_url = layout.loc.url.rstrip("/") + "/" + posixpath.join(WORK, "captions")
+        self.cache_url = layout.loc.url.rstrip("/") + "/" + posixpath.join(WORK_DIR, "captions")
         self.Captioner = Captioner
         self.prompt = lambda name: load_prompt(name)
         self.stats: Counter = Counter()
@@ -622,19 +594,8 @@ def _embed(layout: OutputLayout, rows: list[dict], cfg: ProxyConfig) -> dict[str
 
 
 def plan_job(cfg: ProxyConfig, units: list[WorkUnit], pending: list[WorkUnit], layout: OutputLayout) -> dict[str, Any]:
-    from weaverdata.runtime import RuntimeError_, run_units
-
-    todo = [u for u in units if not layout.loc.exists(prep_path(u.unit))]
-    if todo:
-        outcomes = run_units(prepare_unit, todo, (cfg,), cfg=cfg.runtime, total=len(todo), name="build-proxy prepare")
-        bad = [o for o in outcomes if o.error]
-        if bad:
-            raise RuntimeError_(f"preparing {len(bad)} unit(s) failed, e.g. unit {bad[0].unit}: {bad[0].error}; rerun the same command to retry")
-    tables = []
-    for u in units:
-        with layout.loc.open(prep_path(u.unit), "rb") as f:
-            tables.append(pq.read_table(f, use_threads=False, pre_buffer=False))
-    table = pa.concat_tables(tables)
+    prepare_all(cfg, units, layout, prepare_unit, "build-proxy prepare")
+    table = read_prep(layout, units, PREP_SCHEMA)
     ok = table.filter(pc.equal(table.column("reason"), "")).to_pylist()
     rounds = TextRound(cfg, layout)
     tags = rounds.tags
@@ -669,13 +630,13 @@ def plan_job(cfg: ProxyConfig, units: list[WorkUnit], pending: list[WorkUnit], l
             if row["unit"] != u.unit:
                 continue
             if row["reason"]:
-                rejects.append({"id": row["id"], "source": row["locator"], "reason": row["reason"], "stage": row["stage"], "detail": row["detail"], "sha256": row["sha256"] or None})
+                rejects.append(reject_dict(row, row["reason"], row["stage"], row["detail"]))
             elif row["id"] in used:
                 used_here.append(row["id"])
             else:
                 reason, detail = failed.get(row["id"], ("no_output", "not in any sample"))
                 stage = "caption" if reason.startswith("caption_") else ("dedup" if reason.startswith("duplicate") else ("group" if reason == "no_group" else "validate"))
-                rejects.append({"id": row["id"], "source": row["locator"], "reason": reason, "stage": stage, "detail": detail, "sha256": row["sha256"] or None})
+                rejects.append(reject_dict(row, reason, stage, detail))
         samples = sorted(by_unit.get(u.unit, []), key=lambda r: r["record"]["id"])
         layout.write_json(plan_path(u.unit), {"unit": u.unit, "samples": [{"record": s["record"], "input_images": s["input_images"]} for s in samples], "used": used_here, "rejects": rejects})
     details = {
@@ -698,9 +659,7 @@ def plan_job(cfg: ProxyConfig, units: list[WorkUnit], pending: list[WorkUnit], l
 
 def process_unit(unit: WorkUnit, cfg: ProxyConfig) -> dict[str, Any]:
     layout = OutputLayout(Location.of(cfg.output.path))
-    plan = layout.read_json(plan_path(unit.unit))
-    if plan is None:
-        raise RuntimeError(f"no plan for unit {unit.unit} (work/plans missing): rerun the command")
+    plan = read_plan(layout, unit)
     needed = {i for s in plan["samples"] for i in s["input_images"]}
     media_of: dict[str, Media] = {}
     if needed:

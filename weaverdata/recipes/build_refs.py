@@ -39,11 +39,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from weaverdata.config import RefsConfig
-from weaverdata.io.layout import OutputLayout
+from weaverdata.io.layout import WORK_DIR, OutputLayout
 from weaverdata.io.shards import Media, RejectRow, UnitWriter
 from weaverdata.io.sources import SourceItem, WorkUnit, image_from_row, read_unit, sample_id
 from weaverdata.io.storage import Location
 from weaverdata.media.image import ImageRejected, decode_image
+from weaverdata.recipes.staged import DETAILS, plan_path, prep_path, prepare_all, read_plan, read_prep, reject_dict, write_prep
 from weaverdata.refs.band import Thresholds
 from weaverdata.refs.mining import mine_corpus
 from weaverdata.refs.quality import quality_verdict
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 
 RECIPE = "build-refs"
 SCHEMA = "reference_sample"
-WORK = "work"
-DETAILS = posixpath.join(WORK, "details.json")
 EMBEDDINGS = "embeddings/images.parquet"
 HARD_NEGATIVES = "embeddings/hard_negatives.parquet"
 
@@ -78,14 +77,6 @@ PREP_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-
-
-def prep_path(unit: str) -> str:
-    return posixpath.join(WORK, "prep", f"part-{unit}.parquet")
-
-
-def plan_path(unit: str) -> str:
-    return posixpath.join(WORK, "plans", f"part-{unit}.json")
 
 
 def source_kind(cfg: RefsConfig, unit: WorkUnit) -> str:
@@ -228,35 +219,11 @@ def _prepare_video(unit: WorkUnit, cfg: RefsConfig) -> list[dict[str, Any]]:
 
 def prepare_unit(unit: WorkUnit, cfg: RefsConfig) -> dict[str, Any]:
     """Stage 1 for one unit; idempotent (an existing prep file is kept)."""
-    layout = OutputLayout(Location.of(cfg.output.path))
-    rel = prep_path(unit.unit)
-    if layout.loc.exists(rel):
-        return {"unit": unit.unit, "accepted": 0, "rejected": 0, "cached": True}
     source = source_kind(cfg, unit)
-    rows = _prepare_video(unit, cfg) if source == "video" else _prepare_images(unit, cfg, source)
-    seen: set[str] = set()
-    unique = []
-    for r in rows:  # the same locator twice (a duplicate tar key is already a read error upstream)
-        if r["id"] in seen:
-            continue
-        seen.add(r["id"])
-        unique.append(r)
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(unique, schema=PREP_SCHEMA), sink, compression="zstd")
-    layout.loc.write_bytes_atomic(rel, sink.getvalue())
-    ok = sum(1 for r in unique if not r["reason"])
-    return {"unit": unit.unit, "accepted": ok, "rejected": len(unique) - ok}
+    return write_prep(cfg, unit, lambda: _prepare_video(unit, cfg) if source == "video" else _prepare_images(unit, cfg, source), PREP_SCHEMA)
 
 
 # -- stage 2: embed ----------------------------------------------------------------------------
-
-
-def read_prep(layout: OutputLayout, units: list[WorkUnit], columns: list[str] | None = None) -> pa.Table:
-    tables = []
-    for u in units:
-        with layout.loc.open(prep_path(u.unit), "rb") as f:
-            tables.append(pq.read_table(f, columns=columns, use_threads=False, pre_buffer=False))
-    return pa.concat_tables(tables) if tables else PREP_SCHEMA.empty_table()
 
 
 def embed_images(layout: OutputLayout, units: list[WorkUnit], ids: list[str], cfg: RefsConfig) -> tuple[np.ndarray, dict[str, str]]:
@@ -346,16 +313,9 @@ def _metas(table: pa.Table) -> list[ImageMeta]:
 def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], layout: OutputLayout) -> dict[str, Any]:
     """Stages 1-4 over the whole input (deterministic, so committed units stay consistent with
     the rest); writes one plan per pending unit. Returns the run's details for the summary."""
-    from weaverdata.runtime import RuntimeError_, run_units
-
-    todo = [u for u in units if not layout.loc.exists(prep_path(u.unit))]
-    if todo:
-        outcomes = run_units(prepare_unit, todo, (cfg,), cfg=cfg.runtime, total=len(todo), name="build-refs prepare")
-        failed = [o for o in outcomes if o.error]
-        if failed:
-            raise RuntimeError_(f"preparing {len(failed)} unit(s) failed, e.g. unit {failed[0].unit}: {failed[0].error}; rerun the same command to retry")
+    prepare_all(cfg, units, layout, prepare_unit, "build-refs prepare")
     meta_cols = ["id", "unit", "locator", "source", "scope", "width", "height", "sha256", "phash", "time_s", "shot", "reason", "stage", "detail"]
-    table = read_prep(layout, units, meta_cols)
+    table = read_prep(layout, units, PREP_SCHEMA, meta_cols)
     accepted = table.filter(pc.equal(table.column("reason"), ""))
     metas = _metas(accepted)
     ids = [m.id for m in metas]
@@ -390,7 +350,7 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
         needed = {metas[i].id for s in plan.samples for i in (*s.refs, s.target)}
         data_of = _image_bytes(layout, units, needed)
         requests, needs = text_requests(plan, metas, data_of, cfg)
-        captioner = Captioner(cfg.engine, cache_url=layout.loc.url.rstrip("/") + "/" + posixpath.join(WORK, "captions"))
+        captioner = Captioner(cfg.engine, cache_url=layout.loc.url.rstrip("/") + "/" + posixpath.join(WORK_DIR, "captions"))
         try:
             results = captioner.run(requests)
         finally:
@@ -427,13 +387,13 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
         rejects, used = [], []
         for row in rows_by_unit.get(u.unit, []):
             if row["reason"]:
-                rejects.append({"id": row["id"], "source": row["locator"], "reason": row["reason"], "stage": row["stage"], "detail": row["detail"], "sha256": row["sha256"] or None})
+                rejects.append(reject_dict(row, row["reason"], row["stage"], row["detail"]))
             elif row["id"] in used_ids:
                 used.append(row["id"])
             else:
                 reason, detail = unused_by_id.get(row["id"], ("no_group", ""))
                 stage = "caption" if reason.startswith("caption_") else ("band" if reason.startswith(("near_duplicate", "too_dissimilar")) else "group")
-                rejects.append({"id": row["id"], "source": row["locator"], "reason": reason, "stage": stage, "detail": detail, "sha256": row["sha256"] or None})
+                rejects.append(reject_dict(row, reason, stage, detail))
         layout.write_json(plan_path(u.unit), {"unit": u.unit, "samples": records, "used": used, "rejects": rejects})
     t = plan.thresholds
     details = {
@@ -521,9 +481,7 @@ def sample_record(s: SamplePlan, metas: list[ImageMeta], meta_by_id: dict[str, d
 def process_unit(unit: WorkUnit, cfg: RefsConfig) -> dict[str, Any]:
     """Write the unit's planned samples and rejects, then commit (stats file last)."""
     layout = OutputLayout(Location.of(cfg.output.path))
-    plan = layout.read_json(plan_path(unit.unit))
-    if plan is None:
-        raise RuntimeError(f"no plan for unit {unit.unit} (work/plans missing): rerun the command")
+    plan = read_plan(layout, unit)
     wanted: dict[str, set[str]] = {}
     for s in plan["samples"]:
         for src_unit, image_id in s["media"]:

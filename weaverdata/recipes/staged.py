@@ -1,0 +1,86 @@
+"""Plumbing shared by the recipes that run as staged jobs (build-refs, build-proxy).
+
+A staged job keeps its resumable intermediate state under ``OUT/work/``: one *prep* Parquet file
+per unit (written whole, atomically, by a Ray task; an existing one is kept on resume), one
+*plan* JSON per pending unit (what its write task commits), and the recipe's ``details.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from weaverdata.io.layout import WORK_DIR, OutputLayout
+from weaverdata.io.sources import WorkUnit
+from weaverdata.io.storage import Location
+
+DETAILS = posixpath.join(WORK_DIR, "details.json")
+
+
+def prep_path(unit: str) -> str:
+    return posixpath.join(WORK_DIR, "prep", f"part-{unit}.parquet")
+
+
+def plan_path(unit: str) -> str:
+    return posixpath.join(WORK_DIR, "plans", f"part-{unit}.json")
+
+
+def write_prep(cfg: Any, unit: WorkUnit, make_rows: Callable[[], list[dict[str, Any]]], schema: pa.Schema, *, counts: Callable[[dict[str, Any]], bool] = lambda r: True) -> dict[str, Any]:
+    """Run `make_rows` for a unit unless its prep file exists; keep the first row of each id;
+    write the file atomically. Returns the unit's counts (of the rows `counts` selects)."""
+    layout = OutputLayout(Location.of(cfg.output.path))
+    rel = prep_path(unit.unit)
+    if layout.loc.exists(rel):
+        return {"unit": unit.unit, "accepted": 0, "rejected": 0, "cached": True}
+    seen: set[str] = set()
+    unique = []
+    for r in make_rows():  # the same locator twice is one input
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            unique.append(r)
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(unique, schema=schema), sink, compression="zstd")
+    layout.loc.write_bytes_atomic(rel, sink.getvalue())
+    inputs = [r for r in unique if counts(r)]
+    ok = sum(1 for r in inputs if not r["reason"])
+    return {"unit": unit.unit, "accepted": ok, "rejected": len(inputs) - ok}
+
+
+def prepare_all(cfg: Any, units: list[WorkUnit], layout: OutputLayout, prepare_unit: Callable[[WorkUnit, Any], dict[str, Any]], name: str) -> None:
+    """Stage 1 over every unit without a prep file (Ray tasks); fails the run with a clear
+    message if any unit could not be prepared (a rerun retries only those)."""
+    from weaverdata.runtime import RuntimeError_, run_units
+
+    todo = [u for u in units if not layout.loc.exists(prep_path(u.unit))]
+    if not todo:
+        return
+    outcomes = run_units(prepare_unit, todo, (cfg,), cfg=cfg.runtime, total=len(todo), name=name)
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        raise RuntimeError_(f"preparing {len(failed)} unit(s) failed, e.g. unit {failed[0].unit}: {failed[0].error}; rerun the same command to retry")
+
+
+def read_prep(layout: OutputLayout, units: list[WorkUnit], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for u in units:
+        with layout.loc.open(prep_path(u.unit), "rb") as f:
+            tables.append(pq.read_table(f, columns=columns, use_threads=False, pre_buffer=False))
+    if tables:
+        return pa.concat_tables(tables)
+    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+
+def read_plan(layout: OutputLayout, unit: WorkUnit) -> dict[str, Any]:
+    plan = layout.read_json(plan_path(unit.unit))
+    if plan is None:
+        raise RuntimeError(f"no plan for unit {unit.unit} ({plan_path(unit.unit)} missing): rerun the command")
+    return plan
+
+
+def reject_dict(row: dict[str, Any], reason: str, stage: str, detail: str) -> dict[str, Any]:
+    return {"id": row["id"], "source": row["locator"], "reason": reason, "stage": stage, "detail": detail, "sha256": row["sha256"] or None}
