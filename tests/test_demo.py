@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # ~6 min: every recipe again on the demo data (each has its own end-to-end test in the default run)
 def test_demo_runs_and_validates(tmp_path):
     res = subprocess.run([sys.executable, "-m", "weaverdata.demo", "--output", str(tmp_path / "demo")], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
