@@ -109,6 +109,18 @@ def _report(out: Path, summary: dict) -> bool:
     return report.ok and summary["status"] == "complete" and summary.get("samples", 0) > 0
 
 
+def _run_staged(module, model, command_name: str, pipeline: str, source: Path, out: Path, ray_address: str | None, settings: dict[str, object]) -> dict:
+    """Run one staged recipe (build-refs, build-proxy) as its command would, printing the command
+    line it stands for and the run summary."""
+    overrides = {"input.path": str(source), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **settings}
+    cfg = load_config(model, PIPELINES / f"{pipeline}.yaml", overrides)
+    command = _command(f"weaverdata {command_name} -c pipelines/{pipeline}.yaml -i {source} -o {out} --overwrite", overrides)
+    print(f"[demo] {command}", flush=True)
+    summary = run_job(module.RECIPE, cfg, module.process_unit, command=command, plan=module.plan_job, details_file=module.DETAILS)
+    print(render_summary(summary))
+    return summary
+
+
 def _command(head: str, overrides: dict[str, object]) -> str:
     skip = ("input.path", "output.path", "output.overwrite", "runtime.ray_address")
     return head + " " + " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items() if k not in skip)
@@ -125,12 +137,7 @@ def proxy_demo(root: Path, ray_address: str | None) -> bool:
     ok = True
     for recipe in ("documents", "single-image"):
         out = root / f"proxy-{recipe}"
-        overrides = {"input.path": str(inputs[recipe]), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **proxy_overrides(models, recipe)}
-        cfg = load_config(ProxyConfig, PIPELINES / f"proxy-{recipe}.yaml", overrides)
-        command = _command(f"weaverdata build-proxy -c pipelines/proxy-{recipe}.yaml -i {inputs[recipe]} -o {out} --overwrite", overrides)
-        print(f"[demo] {command}", flush=True)
-        summary = run_job(build_proxy.RECIPE, cfg, build_proxy.process_unit, command=command, plan=build_proxy.plan_job, details_file=build_proxy.DETAILS)
-        print(render_summary(summary))
+        summary = _run_staged(build_proxy, ProxyConfig, "build-proxy", f"proxy-{recipe}", inputs[recipe], out, ray_address, proxy_overrides(models, recipe))
         d = summary.get("details", {})
         print(f"[demo] proxy-{recipe}: samples by shape {d.get('samples_by_shape')}, repairs {d.get('repairs')}, engine {d.get('engine_seconds')} s of {summary['timings']['wall_seconds']} s, captioning {d.get('captioning')}")
         example = _first_proxy(out)
@@ -183,12 +190,7 @@ def refs_demo(root: Path, inp: Path, ray_address: str | None) -> bool:
     ]
     for recipe, source, extra in runs:
         out = root / recipe
-        overrides = {"input.path": str(source), "output.path": str(out), "output.overwrite": True, "runtime.ray_address": ray_address, **tiny_model_overrides(models), **extra}
-        cfg = load_config(RefsConfig, PIPELINES / f"{recipe}.yaml", overrides)
-        command = _command(f"weaverdata build-refs -c pipelines/{recipe}.yaml -i {source} -o {out} --overwrite", overrides)
-        print(f"[demo] {command}", flush=True)
-        summary = run_job(build_refs.RECIPE, cfg, build_refs.process_unit, command=command, plan=build_refs.plan_job, details_file=build_refs.DETAILS)
-        print(render_summary(summary))
+        summary = _run_staged(build_refs, RefsConfig, "build-refs", recipe, source, out, ray_address, {**tiny_model_overrides(models), **extra})
         d = summary.get("details", {})
         print(f"[demo] {recipe}: {d.get('candidates')} candidates, dropped {d.get('candidates_dropped_by_reason')}, samples by task {d.get('samples_by_task')}, band {d.get('band', {}).get('low'):.4f}..{d.get('band', {}).get('high'):.4f}, captioning {d.get('captioning')}")
         example = _first_sample(out)

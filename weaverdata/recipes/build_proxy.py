@@ -47,18 +47,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from weaverdata.config import ProxyConfig
 from weaverdata.io.layout import WORK_DIR, OutputLayout
-from weaverdata.io.shards import Media, RejectRow, UnitWriter
+from weaverdata.io.shards import RejectRow, UnitWriter
 from weaverdata.io.sources import WorkUnit, _resolve_image_value, read_unit, sample_id
 from weaverdata.io.storage import Location
 from weaverdata.media.image import ImageRejected, decode_image
 from weaverdata.proxy import documents as docs
 from weaverdata.proxy.dedup import MinHasher, find_duplicates
 from weaverdata.proxy.format import Tags, check_or_repair, cut_after_proxy, segments, shape_of
-from weaverdata.recipes.staged import DETAILS, plan_path, prep_path, prepare_all, read_plan, read_prep, reject_dict, write_prep
+from weaverdata.recipes.staged import DETAILS, plan_path, prepare_all, read_plan, read_prep, read_prep_media, reject_dict, write_prep
 from weaverdata.refs.quality import quality_verdict
 
 log = logging.getLogger(__name__)
@@ -660,14 +659,7 @@ def plan_job(cfg: ProxyConfig, units: list[WorkUnit], pending: list[WorkUnit], l
 def process_unit(unit: WorkUnit, cfg: ProxyConfig) -> dict[str, Any]:
     layout = OutputLayout(Location.of(cfg.output.path))
     plan = read_plan(layout, unit)
-    needed = {i for s in plan["samples"] for i in s["input_images"]}
-    media_of: dict[str, Media] = {}
-    if needed:
-        with layout.loc.open(prep_path(unit.unit), "rb") as f:
-            t = pq.read_table(f, columns=["id", "data", "ext"], use_threads=False, pre_buffer=False)
-        for i, d, e in zip(t.column("id").to_pylist(), t.column("data").to_pylist(), t.column("ext").to_pylist()):
-            if i in needed:
-                media_of[i] = Media(e, d)
+    media_of = read_prep_media(layout, unit.unit, {i for s in plan["samples"] for i in s["input_images"]})
     writer = UnitWriter(layout, unit.unit, SCHEMA, source=unit.describe(), row_group_rows=cfg.output.row_group_rows, validate_records=cfg.output.validate_records, composite=True)
     try:
         for s in plan["samples"]:

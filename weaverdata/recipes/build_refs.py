@@ -44,7 +44,7 @@ from weaverdata.io.shards import Media, RejectRow, UnitWriter
 from weaverdata.io.sources import SourceItem, WorkUnit, image_from_row, read_unit, sample_id
 from weaverdata.io.storage import Location
 from weaverdata.media.image import ImageRejected, decode_image
-from weaverdata.recipes.staged import DETAILS, plan_path, prep_path, prepare_all, read_plan, read_prep, reject_dict, write_prep
+from weaverdata.recipes.staged import DETAILS, plan_path, prep_path, prepare_all, read_plan, read_prep, read_prep_media, reject_dict, write_prep
 from weaverdata.refs.band import Thresholds
 from weaverdata.refs.mining import mine_corpus
 from weaverdata.refs.quality import quality_verdict
@@ -368,13 +368,14 @@ def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], la
     # plans per pending unit
     index_of_unit = {m.id: u for m, u in zip(metas, _units_of(accepted, metas))}
     used_ids = {metas[i].id for s in plan.samples for i in (*s.refs, s.target)}
+    rows = table.to_pylist()
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
+    for row in rows:
         rows_by_unit.setdefault(row["unit"], []).append(row)
     unused_by_id = {metas[i].id: why for i, why in plan.unused_reason.items()}
     for m, why in clip_errors.items():
         unused_by_id[m] = ("clip_error", why)
-    meta_by_id = {r["id"]: r for r in table.to_pylist()}
+    meta_by_id = {r["id"]: r for r in rows}
     samples_by_unit: dict[str, list[SamplePlan]] = {}
     for s in plan.samples:
         samples_by_unit.setdefault(index_of_unit[metas[s.target].id], []).append(s)
@@ -437,14 +438,7 @@ def _units_of(accepted: pa.Table, metas: list[ImageMeta]) -> list[str]:
 
 
 def _image_bytes(layout: OutputLayout, units: list[WorkUnit], wanted: set[str]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for u in units:
-        with layout.loc.open(prep_path(u.unit), "rb") as f:
-            t = pq.read_table(f, columns=["id", "data"], use_threads=False, pre_buffer=False)
-        for i, d in zip(t.column("id").to_pylist(), t.column("data").to_pylist()):
-            if i in wanted:
-                out[i] = d
-    return out
+    return {i: m.data for u in units for i, m in read_prep_media(layout, u.unit, wanted).items()}
 
 
 def shard_group(s: SamplePlan) -> str:
@@ -488,11 +482,7 @@ def process_unit(unit: WorkUnit, cfg: RefsConfig) -> dict[str, Any]:
             wanted.setdefault(src_unit, set()).add(image_id)
     media_of: dict[str, Media] = {}
     for src_unit, ids in wanted.items():
-        with layout.loc.open(prep_path(src_unit), "rb") as f:
-            t = pq.read_table(f, columns=["id", "data", "ext"], use_threads=False, pre_buffer=False)
-        for i, d, e in zip(t.column("id").to_pylist(), t.column("data").to_pylist(), t.column("ext").to_pylist()):
-            if i in ids:
-                media_of[i] = Media(e, d)
+        media_of.update(read_prep_media(layout, src_unit, ids))
     writer = UnitWriter(layout, unit.unit, SCHEMA, source=unit.describe(), row_group_rows=cfg.output.row_group_rows, validate_records=cfg.output.validate_records, composite=True)
     try:
         for s in plan["samples"]:

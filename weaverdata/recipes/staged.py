@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weaverdata.io.layout import WORK_DIR, OutputLayout
+from weaverdata.io.shards import Media
 from weaverdata.io.sources import WorkUnit
 from weaverdata.io.storage import Location
 
@@ -73,6 +74,15 @@ def read_prep(layout: OutputLayout, units: list[WorkUnit], schema: pa.Schema, co
     if tables:
         return pa.concat_tables(tables)
     return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+
+def read_prep_media(layout: OutputLayout, unit: str, wanted: set[str]) -> dict[str, Media]:
+    """The stored bytes (and extension) of the `wanted` ids of one unit's prep file."""
+    if not wanted:
+        return {}
+    with layout.loc.open(prep_path(unit), "rb") as f:
+        t = pq.read_table(f, columns=["id", "data", "ext"], use_threads=False, pre_buffer=False)
+    return {i: Media(e, d) for i, d, e in zip(t.column("id").to_pylist(), t.column("data").to_pylist(), t.column("ext").to_pylist()) if i in wanted}
 
 
 def read_plan(layout: OutputLayout, unit: WorkUnit) -> dict[str, Any]:
