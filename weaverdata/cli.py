@@ -169,6 +169,73 @@ def mix(
     typer.echo(json.dumps(summary, indent=2) if as_json else f"{summary['samples']} samples: {summary['generation']['taken']} generation + {summary['understanding']['taken']} understanding (ratio {summary['ratio_achieved']}) -> {summary['file']}")
 
 
+train_app = typer.Typer(help="Train the planner or the visualizer on weaverdata shards (Ray Train).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="output folder of build-proxy / mix (planner) or build-refs (visualizer); local or URL")]
+CkptOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="checkpoint folder: checkpoints/, metrics.jsonl, summary.json")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="optimizer steps (overrides optim.steps)")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray Train workers (overrides train.workers)")]
+
+
+def _train(trainer: str, model, default_config: str, config, data, output, steps, workers, set_, ray_address, overwrite, as_json) -> None:
+    from weaverdata.train.data import DataError
+    from weaverdata.train.loop import TrainError, render_summary, run_training
+    from weaverdata.io.storage import StorageError
+    from weaverdata.runtime import RuntimeError_
+
+    try:
+        overrides = _overrides(set_, **{"data.path": data, "output": output, "optim.steps": steps, "train.workers": workers, "runtime.ray_address": ray_address, "overwrite": overwrite})
+        cfg = load_config(model, config or default_config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                summary = run_training(trainer, cfg)
+            finally:
+                _shutdown_ray()
+    except (TrainError, DataError, StorageError, RuntimeError_) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
+
+
+@train_app.command("planner")
+def train_planner(
+    data: DataOpt = None,
+    output: CkptOpt = None,
+    config: ConfigOpt = None,
+    steps: StepsOpt = None,
+    workers: WorkersOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over in a folder that holds another run")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a causal LM on proxy documents (loss on assistant tokens, packed sequences, <BOI> accuracy)."""
+    from weaverdata.train.config import PlannerTrainConfig
+
+    _train("planner", PlannerTrainConfig, "train-planner", config, data, output, steps, workers, set_, ray_address, overwrite, as_json)
+
+
+@train_app.command("visualizer")
+def train_visualizer(
+    data: DataOpt = None,
+    output: CkptOpt = None,
+    config: ConfigOpt = None,
+    steps: StepsOpt = None,
+    workers: WorkersOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over in a folder that holds another run")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a reference-conditioned rectified-flow generator on reference samples (text-to-image, then single, then multi reference)."""
+    from weaverdata.train.config import VisualizerTrainConfig
+
+    _train("visualizer", VisualizerTrainConfig, "train-visualizer", config, data, output, steps, workers, set_, ray_address, overwrite, as_json)
+
+
 @app.command()
 def validate(
     output: Annotated[str, typer.Argument(help="output folder or URL to check")],

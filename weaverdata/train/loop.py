@@ -1,0 +1,565 @@
+"""The training loop every trainer shares: data feeding, gradient sync, checkpoints, metrics.
+
+A trainer (`PlannerTask`, `VisualizerTask`) says how to build its model, turn samples into a
+batch, and compute a summed loss and its weight; this loop owns the rest:
+
+- **Ranks** come from Ray Train (`TorchTrainer`, gloo on CPU, NCCL on GPU) or, with
+  `train.executor=local`, from one process with no Ray. Gradients are summed across ranks and
+  divided by the summed weight (tokens, samples), so a step's update is that of one big batch
+  whatever the number of ranks, and a rank whose share of the epoch is used up contributes
+  nothing instead of stalling the collective.
+- **Data position**: every rank streams its own block of the epoch (`data.SampleStream`); when
+  all ranks are through, all move to the next epoch together.
+- **Checkpoints** (`OUTPUT/checkpoints/step-N/`): the model (as the trainer saves it, e.g.
+  `save_pretrained`), optimizer, scheduler, step, curriculum stage and every rank's data
+  position; `state.json` is written last and is the commit marker. A rerun (or a Ray Train
+  restart) resumes from the newest committed checkpoint; noise and dropout draw from generators
+  seeded by (seed, step, rank), so a resumed run repeats an uninterrupted one exactly.
+- **Metrics**: `OUTPUT/metrics.jsonl` has one row per logged step (rows after the checkpoint a
+  run resumed from are dropped, so the file always tells one history); `summary.json` and
+  `summary.md` close the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from weaverdata.io.storage import Location
+from weaverdata.train.config import TrainConfig
+from weaverdata.train.data import DataError, DataPosition, SampleIndex, SampleStream, ShardReader, build_index, list_shards, split_eval
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+MANIFEST_FILE = "train.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or go on, with the reason."""
+
+
+# -- ranks ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    device: Any = "cpu"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def all_sum(self, tensor):
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
+    def gather(self, obj) -> list:
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast_params(self, module) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+
+# -- what a trainer provides ----------------------------------------------------------------------
+
+
+class Task(Protocol):
+    name: str
+    count_keys: tuple[str, ...]  # the per-step counts `loss` returns, in this order
+    schema: str
+    kind_column: str | None
+    columns: list[str] | None
+
+    def setup(self, cfg: TrainConfig, out: Location, ranks: Ranks) -> None: ...
+    def trainable(self) -> Any: ...  # the nn.Module whose parameters are optimized
+    def stages(self, train: SampleIndex, steps: int) -> list[tuple[str, SampleIndex, int]]: ...  # (name, pool, last step)
+    def next_batch(self, stream: SampleStream) -> Any | None: ...
+    def batch_ids(self, batch: Any) -> list[str]: ...
+    def loss(self, batch: Any, step: int, ranks: Ranks) -> tuple[Any, Any, dict[str, float]]: ...
+    def evaluate(self, samples: list, ranks: Ranks) -> dict[str, float]: ...  # summed counts
+    def finish_eval(self, sums: dict[str, float]) -> dict[str, float]: ...
+    def save_model(self, folder: str) -> None: ...
+    def load_model(self, folder: str) -> None: ...
+    def on_checkpoint(self, folder: str, step: int, eval_samples: list) -> None: ...
+    def counters(self) -> dict[str, float]: ...
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def step_dir(step: int) -> str:
+    return posixpath.join(CHECKPOINTS, f"step-{step:08d}")
+
+
+def committed_checkpoints(out: Location) -> list[int]:
+    pattern = out.path(CHECKPOINTS, "step-*", STATE_FILE)
+    steps = []
+    for p in out.fs.glob(pattern):
+        name = posixpath.basename(posixpath.dirname(p))
+        if ".tmp-" not in name:
+            steps.append(int(name.removeprefix("step-")))
+    return sorted(steps)
+
+
+def write_checkpoint(out: Location, step: int, write_files, state: dict[str, Any], keep: int) -> str:
+    """Write a checkpoint folder (files from `write_files(local_dir)`, then state.json last)."""
+    rel = step_dir(step)
+    staging = tempfile.mkdtemp(prefix="weaverdata-ckpt-")
+    try:
+        write_files(staging)
+        with open(os.path.join(staging, STATE_FILE), "w") as f:
+            json.dump(state, f, indent=1)
+        if out.is_local:
+            tmp = f"{rel}.tmp-{uuid.uuid4().hex[:8]}"
+            out.makedirs(CHECKPOINTS)
+            shutil.copytree(staging, out.path(tmp))
+            if out.exists(rel):  # a checkpoint without a marker, left by a killed run
+                shutil.rmtree(out.path(rel))
+            os.replace(out.path(tmp), out.path(rel))
+        else:  # object stores: every file first, the marker last
+            if out.exists(rel):
+                out.fs.rm(out.path(rel), recursive=True)
+            for root, _, files in os.walk(staging):
+                for name in files:
+                    if root == staging and name == STATE_FILE:
+                        continue
+                    local = os.path.join(root, name)
+                    out.fs.put_file(local, out.path(rel, os.path.relpath(local, staging)))
+            out.fs.put_file(os.path.join(staging, STATE_FILE), out.path(rel, STATE_FILE))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in committed_checkpoints(out)[:-keep]:
+        out.fs.rm(out.path(step_dir(old)), recursive=True)
+    return out.path(rel)
+
+
+def fetch_checkpoint(out: Location, step: int) -> str:
+    """A local folder holding checkpoint `step` (the folder itself on local disk)."""
+    rel = step_dir(step)
+    if out.is_local:
+        return out.path(rel)
+    local = tempfile.mkdtemp(prefix="weaverdata-ckpt-")
+    out.fs.get(out.path(rel) + "/", local + "/", recursive=True)
+    return local
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class JsonLines:
+    """A JSON Lines file cut back to `step <= upto` on resume, then appended (rewritten whole on object stores)."""
+
+    def __init__(self, out: Location, rel: str, upto: int):
+        self.out, self.rel = out, rel
+        self.rows: list[dict[str, Any]] = []
+        if out.exists(rel):
+            with out.open(rel, "rb") as f:
+                self.rows = [r for r in (json.loads(line) for line in f.read().decode().splitlines() if line.strip()) if r["step"] <= upto]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        self.out.write_bytes_atomic(self.rel, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.out.is_local:
+            with self.out.open(self.rel, "ab") as f:
+                f.write((json.dumps(row) + "\n").encode())
+        else:
+            self._rewrite()
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    stage: int = 0
+    position: DataPosition = field(default_factory=DataPosition)
+    samples: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig):
+    import torch
+
+    warm, total, kind = cfg.optim.warmup_steps, cfg.optim.steps, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "cosine":
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _sync_grads(params, weight, ranks: Ranks) -> None:
+    """Sum gradients over ranks and divide by the summed loss weight (one big batch's mean)."""
+    import torch
+
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    ranks.all_sum(flat)
+    scale = 1.0 / max(float(weight), 1e-12)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g)).mul_(scale)
+        offset += n
+
+
+def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
+    """Run (or resume) training on this rank; rank 0 writes checkpoints, metrics and the summary."""
+    import torch
+
+    out = Location.of(cfg.output)
+    torch.manual_seed(cfg.optim.seed)
+    shards = list_shards(cfg.data.path, cfg.data.groups, task.schema)
+    index = build_index(cfg.data.path, shards, task.kind_column)
+    train_index, eval_index = split_eval(index, cfg.data.eval_fraction, cfg.data.eval_max_samples)
+    task.setup(cfg, out, ranks)
+    model = task.trainable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    stages = task.stages(train_index, cfg.optim.steps)
+    reader = ShardReader(cfg.data.path, cfg.data.format, task.columns, cfg.data.shard_cache)
+
+    state = LoopState()
+    done = committed_checkpoints(out)
+    if done:
+        folder = fetch_checkpoint(out, done[-1])
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            saved = json.load(f)
+        if saved["world"] != ranks.world:
+            raise TrainError(f"checkpoint step {saved['step']} was written by {saved['world']} workers; resume with train.workers={saved['world']} (data positions are per rank)")
+        task.load_model(folder)
+        optimizer.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), map_location=ranks.device, weights_only=True))
+        scheduler.load_state_dict(torch.load(os.path.join(folder, "scheduler.pt"), weights_only=True))
+        pos = saved["positions"][ranks.rank]
+        state = LoopState(step=saved["step"], stage=saved["stage"], position=DataPosition(pos["epoch"], pos["consumed"]), samples=saved["samples"])
+        if ranks.rank == 0:
+            print(f"[train] resumed from {out.path(step_dir(saved['step']))} (step {saved['step']})", file=sys.stderr, flush=True)
+    else:
+        ranks.broadcast_params(model)
+
+    metrics = JsonLines(out, METRICS_FILE, state.step) if ranks.rank == 0 else None
+    ids_log = JsonLines(out, posixpath.join("sample_ids", f"rank-{ranks.rank}.jsonl"), state.step) if cfg.train.log_sample_ids else None
+    eval_samples = [reader.get(eval_index, i) for i in range(ranks.rank, len(eval_index), ranks.world)]
+    all_eval = [reader.get(eval_index, i) for i in range(len(eval_index))] if ranks.rank == 0 else []
+    probe = _probe_batch(task, train_index, reader, cfg) if (cfg.train.probe_every and ranks.rank == 0) else None
+
+    def stream_for(stage: int, position: DataPosition) -> SampleStream:
+        return SampleStream(stages[stage][1], reader, ranks.rank, ranks.world, cfg.optim.seed + 1000 * stage, cfg.data.shuffle_window, position)
+
+    stream = stream_for(state.stage, state.position)
+    if metrics is not None and state.step == 0 and probe is not None:
+        metrics.add({"step": 0, "probe_loss": _probe_loss(task, probe, ranks), "samples": 0, "seconds": 0.0})
+    model.train()
+    last_eval: dict[str, float] = {}
+    t_step = time.monotonic()
+    while state.step < cfg.optim.steps:
+        step = state.step + 1
+        while step > stages[state.stage][2]:
+            state.stage += 1
+            stream = stream_for(state.stage, DataPosition())
+        batch = _lockstep_batch(task, stream, ranks)
+        if batch is None:  # this rank's share of the epoch is used up; the others finish theirs
+            loss_sum, weight, counts = torch.zeros(()), 0.0, dict.fromkeys(task.count_keys, 0.0)
+        else:
+            loss_sum, weight, counts = task.loss(batch, step, ranks)
+            loss_sum.backward()
+        totals = torch.tensor([float(loss_sum.detach()), float(weight), *counts.values()], dtype=torch.float64)
+        ranks.all_sum(totals)
+        _sync_grads(params, totals[1].item(), ranks)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).item() if cfg.optim.grad_clip else float("nan")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ids = task.batch_ids(batch) if batch is not None else []
+        n_samples = torch.tensor([float(len(ids))])
+        ranks.all_sum(n_samples)
+        state.samples += int(n_samples.item())
+        state.step = step
+        state.position = stream.position
+        if ids_log is not None:
+            ids_log.add({"step": step, "stage": stages[state.stage][0], "epoch": stream.position.epoch, "ids": ids})
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.optim.steps:
+            last_eval = _evaluate(task, eval_samples, ranks)
+        if metrics is not None and (step % cfg.train.log_every == 0 or step == cfg.optim.steps):
+            now = time.monotonic()
+            row = {
+                "step": step,
+                "stage": stages[state.stage][0],
+                "epoch": stream.position.epoch,
+                "loss": totals[0].item() / max(totals[1].item(), 1e-12),
+                "weight": totals[1].item(),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "samples": int(n_samples.item()),
+                "seconds": round(now - t_step, 4),
+                **{k: v for k, v in zip(counts.keys(), totals[2:].tolist())},
+            }
+            if probe is not None and (step % cfg.train.probe_every == 0 or step == cfg.optim.steps):
+                row["probe_loss"] = _probe_loss(task, probe, ranks)
+            if last_eval and (cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.optim.steps):
+                row.update({f"eval_{k}": v for k, v in last_eval.items()})
+            metrics.add(row)
+            print(f"[train] step {step}/{cfg.optim.steps} loss {row['loss']:.4f}" + (f" probe {row['probe_loss']:.4f}" if "probe_loss" in row else "") + (f" eval {last_eval}" if "eval_loss" in row else ""), file=sys.stderr, flush=True)
+        t_step = time.monotonic()
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.optim.steps:
+            _checkpoint(task, cfg, out, state, optimizer, scheduler, ranks, all_eval)
+
+    counters: dict[str, float] = {}
+    for part in ranks.gather(task.counters()):  # keys differ by rank (skip reasons): gather, then add
+        for k, v in part.items():
+            counters[k] = counters.get(k, 0) + v
+    summary = None
+    if ranks.rank == 0:
+        summary = _summary(cfg, task, out, index, train_index, eval_index, metrics.rows, counters, last_eval, state, ranks)
+    ranks.barrier()
+    return summary or {}
+
+
+def _lockstep_batch(task: Task, stream: SampleStream, ranks: Ranks):
+    """This rank's next batch (None if its share of the epoch is used up while others still have
+    some); when every rank is through, all move on to the next epoch together."""
+    import torch
+
+    for _ in range(2):
+        batch = task.next_batch(stream)
+        have = torch.tensor([0.0 if batch is None else 1.0])
+        ranks.all_sum(have)
+        if have.item() > 0:
+            return batch
+        stream.next_epoch()
+    raise DataError("a whole epoch yielded no batch: every sample of the stage was skipped (see the counters)")
+
+
+def _evaluate(task: Task, samples: list, ranks: Ranks) -> dict[str, float]:
+    import torch
+
+    sums = task.evaluate(samples, ranks)
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+    ranks.all_sum(t)
+    return task.finish_eval(dict(zip(keys, t.tolist())))
+
+
+def _probe_batch(task: Task, index: SampleIndex, reader: ShardReader, cfg: TrainConfig):
+    """A fixed batch (the first samples of the training index), for a loss curve without data noise."""
+    fixed = SampleStream(index, reader, 0, 1, 0, 1, DataPosition())
+    fixed._order, fixed._order_epoch = list(range(len(index))), 0
+    return task.next_batch(fixed)
+
+
+def _probe_loss(task: Task, batch, ranks: Ranks) -> float:
+    import torch
+
+    model = task.trainable()
+    model.eval()
+    with torch.no_grad():
+        loss_sum, weight, _ = task.loss(batch, 0, Ranks(0, 1, ranks.device))
+    model.train()
+    return float(loss_sum) / max(float(weight), 1e-12)
+
+
+def _checkpoint(task: Task, cfg: TrainConfig, out: Location, state: LoopState, optimizer, scheduler, ranks: Ranks, eval_samples: list) -> None:
+    import torch
+
+    positions = ranks.gather(state.position.as_dict())
+    if ranks.rank == 0:
+        def files(folder: str) -> None:
+            task.save_model(os.path.join(folder, "model"))
+            torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
+            torch.save(scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
+            task.on_checkpoint(folder, state.step, eval_samples)
+
+        saved = {"step": state.step, "stage": state.stage, "world": ranks.world, "positions": positions, "samples": state.samples, "config_sha256": cfg.identity_sha256(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        where = write_checkpoint(out, state.step, files, saved, cfg.train.keep_checkpoints)
+        print(f"[train] checkpoint {where}", file=sys.stderr, flush=True)
+    ranks.barrier()
+
+
+def _summary(cfg, task, out, index, train_index, eval_index, rows, counters, last_eval, state, ranks) -> dict[str, Any]:
+    losses = [r["loss"] for r in rows if "loss" in r]
+    probes = [r["probe_loss"] for r in rows if "probe_loss" in r]
+    seconds = sum(r["seconds"] for r in rows)
+    summary = {
+        "trainer": task.name,
+        "output": cfg.output,
+        "data": {"path": cfg.data.path, "format": cfg.data.format, "shards": len(index.shards), "samples": len(index), "train_samples": len(train_index), "eval_samples": len(eval_index)},
+        "workers": ranks.world,
+        "steps": state.step,
+        "epochs_started": state.position.epoch + 1,
+        "samples_seen": sum(r["samples"] for r in rows),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "first_probe_loss": probes[0] if probes else None,
+        "final_probe_loss": probes[-1] if probes else None,
+        "eval": last_eval,
+        "counters": counters,
+        "train_seconds_logged": round(seconds, 2),
+        "checkpoints": [out.path(step_dir(s)) for s in committed_checkpoints(out)],
+        "config": cfg.model_dump(mode="json"),
+    }
+    out.write_bytes_atomic(SUMMARY_JSON, json.dumps(summary, indent=1).encode())
+    out.write_bytes_atomic(SUMMARY_MD, render_summary(summary).encode())
+    return summary
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"# weaverdata train {s['trainer']}",
+        "",
+        f"- data: {s['data']['path']} ({s['data']['format']}; {s['data']['shards']} shards, {s['data']['train_samples']} train / {s['data']['eval_samples']} held-out samples)",
+        f"- workers: {s['workers']}; steps: {s['steps']}; samples seen: {s['samples_seen']} (epochs started: {s['epochs_started']})",
+        f"- loss: first {fmt(s['first_loss'])}, final {fmt(s['final_loss'])}" + (f"; fixed-batch loss: first {fmt(s['first_probe_loss'])}, final {fmt(s['final_probe_loss'])}" if s["first_probe_loss"] is not None else ""),
+        "- held-out: " + (", ".join(f"{k} {fmt(v)}" for k, v in s["eval"].items()) or "none"),
+        "- counters: " + (", ".join(f"{k} {int(v)}" for k, v in s["counters"].items()) or "none"),
+        f"- checkpoints: {', '.join(s['checkpoints'])}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- executors -------------------------------------------------------------------------------
+
+
+def prepare_output(cfg: TrainConfig, trainer: str) -> Location:
+    """Create or check OUTPUT/train.json: a folder is resumed only with the same identity."""
+    if not cfg.output:
+        raise TrainError("no output folder: pass --output CKPT_DIR")
+    if not cfg.data.path:
+        raise TrainError("no training data: pass --data OUT (an output folder of build-proxy, mix or build-refs)")
+    out = Location.of(cfg.output)
+    out.check_writable()
+    manifest = {"trainer": trainer, "config_sha256": cfg.identity_sha256(), "identity": cfg.identity(), "data": cfg.data.path}
+    if out.exists(MANIFEST_FILE):
+        with out.open(MANIFEST_FILE, "rb") as f:
+            old = json.loads(f.read())
+        if old.get("trainer") != trainer or old.get("config_sha256") != manifest["config_sha256"]:
+            if not cfg.overwrite:
+                raise TrainError(f"{cfg.output} holds a {old.get('trainer')} run with a different config; resume it with that config, or pass --overwrite to start over")
+            for rel in (CHECKPOINTS, "sample_ids", METRICS_FILE, SUMMARY_JSON, SUMMARY_MD):
+                if out.exists(rel):
+                    out.fs.rm(out.path(rel), recursive=True)
+    elif cfg.overwrite is False and committed_checkpoints(out):
+        raise TrainError(f"{cfg.output} holds checkpoints of an unknown run; pass --overwrite")
+    out.write_bytes_atomic(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+    return out
+
+
+def _ray_train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+
+    ctx = ray.train.get_context()
+    task, cfg = make_task(config["trainer"], config["config"])
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    device = ray.train.torch.get_device() if cfg.train.gpus_per_worker > 0 else torch.device("cpu")
+    worker_main(task, cfg, Ranks(ctx.get_world_rank(), ctx.get_world_size(), device))
+
+
+def make_task(trainer: str, config: dict[str, Any]):
+    if trainer == "planner":
+        from weaverdata.train.config import PlannerTrainConfig
+        from weaverdata.train.planner import PlannerTask
+
+        cfg = PlannerTrainConfig.model_validate(config)
+        return PlannerTask(), cfg
+    if trainer == "visualizer":
+        from weaverdata.train.config import VisualizerTrainConfig
+        from weaverdata.train.visualizer import VisualizerTask
+
+        cfg = VisualizerTrainConfig.model_validate(config)
+        return VisualizerTask(), cfg
+    raise TrainError(f"unknown trainer {trainer!r}")
+
+
+def run_training(trainer: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Check the data and output, then train on Ray Train (or in this process), return the summary."""
+    out = prepare_output(cfg, trainer)
+    task, _ = make_task(trainer, cfg.model_dump(mode="json"))
+    shards = list_shards(cfg.data.path, cfg.data.groups, task.schema)  # fail here, not in a worker
+    if cfg.train.executor == "local":
+        if cfg.train.workers != 1:
+            raise TrainError("train.executor=local runs one worker; use the ray executor for more")
+        import torch
+
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+        return worker_main(task, cfg, Ranks())
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from weaverdata.runtime import check_fits, connect
+
+    connect(cfg.runtime)
+    use_gpu = cfg.train.gpus_per_worker > 0
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus_per_worker} if use_gpu else {})}
+    check_fits("train worker", cfg.train.cpus_per_worker * cfg.train.workers, cfg.train.gpus_per_worker * cfg.train.workers)
+    storage = cfg.output.rstrip("/") + "/ray"
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    trainer_obj = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={"trainer": trainer, "config": cfg.model_dump(mode="json")},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(storage_path=storage, name=f"{trainer}-{uuid.uuid4().hex[:8]}", failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+    )
+    log.info("training %s on %d shards with %d workers", trainer, len(shards), cfg.train.workers)
+    try:
+        trainer_obj.fit()
+    except Exception as exc:  # Ray Train wraps a worker's error; show its cause, not Ray's frames
+        cause = exc.__cause__ or exc
+        raise TrainError(f"training failed: {type(cause).__name__}: {cause}") from exc
+    with out.open(SUMMARY_JSON, "rb") as f:
+        return json.loads(f.read())
