@@ -13,6 +13,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WEAVERDATA_CACHE", str(REPO / ".cache"))  # trainers' tiny models: the same .cache/tiny-models as below
 
 
 def skimage_photo_files() -> list[Path]:
@@ -93,3 +94,44 @@ def tiny_models() -> dict[str, Path]:
         build_tiny_clip(clip, seed=0)
     paths["clip"] = clip
     return paths
+
+
+def _cli_sets(sets: dict) -> list[str]:
+    import json
+
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+
+
+@pytest.fixture(scope="session")
+def proxy_shards(tmp_path_factory, tiny_models) -> Path:
+    """A build-proxy output made from real photos (single-image recipe) by the real vLLM engine on
+    the tiny RANDOM-WEIGHT VLM: real shards for the planner trainer."""
+    import json
+
+    from weaverdata.demo import proxy_inputs, proxy_overrides
+
+    root = tmp_path_factory.mktemp("train-proxy")
+    inputs = proxy_inputs(root / "in")
+    out = root / "proxy-single-image"
+    sets = {**proxy_overrides(tiny_models, "single-image"), "runtime.progress": False}
+    proc = run_cli("build-proxy", "--config", "pipelines/proxy-single-image.yaml", "--input", str(inputs["single-image"]), "--output", str(out), "--json", *_cli_sets(sets), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["samples"] >= 8
+    return out
+
+
+@pytest.fixture(scope="session")
+def refs_shards(tmp_path_factory, tiny_models, photos_dir) -> Path:
+    """A build-refs output made from real photos (collection recipe: text-to-image, single- and
+    multi-reference samples) by real open_clip and vLLM on tiny RANDOM-WEIGHT models."""
+    import json
+
+    from weaverdata.demo import tiny_model_overrides
+
+    out = tmp_path_factory.mktemp("train-refs") / "refs-collection"
+    sets = {**tiny_model_overrides(tiny_models), "grouping.edge_threshold": 0.99, "band.low": 0.9, "band.high": 0.9995, "runtime.progress": False}
+    proc = run_cli("build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(photos_dir), "--output", str(out), "--json", *_cli_sets(sets), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = json.loads(proc.stdout)["details"]["samples_by_task"]
+    assert tasks.get("text_to_image") and (tasks.get("single_reference") or tasks.get("multi_reference")), tasks
+    return out

@@ -48,6 +48,7 @@ class TrainLoopConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     probe_every: int = Field(0, ge=0, description="loss on one fixed batch (no update) every N steps; 0: off")
     log_sample_ids: bool = Field(False, description="write the ids each rank trained on per step to OUTPUT/sample_ids/ (data audits)")
+    stop_after_steps: int | None = Field(None, ge=1, description="end this invocation (with a checkpoint) after this many steps; a rerun goes on. For time-limited or preemptible slots")
     max_failures: int = Field(0, ge=0, description="Ray Train restarts of a failed worker group (each resumes from the last checkpoint)")
 
 
@@ -106,7 +107,7 @@ class TrainConfig(Strict):
             data.pop(key, None)
         data["data"].pop("path", None)
         data["optim"].pop("steps", None)  # a run may be extended
-        for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "probe_every", "log_sample_ids", "max_failures", "executor", "cpus_per_worker", "gpus_per_worker"):
+        for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "probe_every", "log_sample_ids", "stop_after_steps", "max_failures", "executor", "cpus_per_worker", "gpus_per_worker"):
             data["train"].pop(key, None)
         return data
 

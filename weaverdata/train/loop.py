@@ -302,7 +302,8 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
     model.train()
     last_eval: dict[str, float] = {}
     t_step = time.monotonic()
-    while state.step < cfg.optim.steps:
+    end = cfg.optim.steps if cfg.train.stop_after_steps is None else min(cfg.optim.steps, state.step + cfg.train.stop_after_steps)
+    while state.step < end:
         step = state.step + 1
         while step > stages[state.stage][2]:
             state.stage += 1
@@ -351,7 +352,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
             metrics.add(row)
             print(f"[train] step {step}/{cfg.optim.steps} loss {row['loss']:.4f}" + (f" probe {row['probe_loss']:.4f}" if "probe_loss" in row else "") + (f" eval {last_eval}" if "eval_loss" in row else ""), file=sys.stderr, flush=True)
         t_step = time.monotonic()
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.optim.steps:
+        if step % cfg.train.checkpoint_every == 0 or step == end:
             _checkpoint(task, cfg, out, state, optimizer, scheduler, ranks, all_eval)
 
     counters: dict[str, float] = {}
@@ -431,6 +432,7 @@ def _summary(cfg, task, out, index, train_index, eval_index, rows, counters, las
     seconds = sum(r["seconds"] for r in rows)
     summary = {
         "trainer": task.name,
+        "status": "complete" if state.step >= cfg.optim.steps else "stopped",
         "output": cfg.output,
         "data": {"path": cfg.data.path, "format": cfg.data.format, "shards": len(index.shards), "samples": len(index), "train_samples": len(train_index), "eval_samples": len(eval_index)},
         "workers": ranks.world,
@@ -457,7 +459,7 @@ def render_summary(s: dict[str, Any]) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     lines = [
-        f"# weaverdata train {s['trainer']}",
+        f"# weaverdata train {s['trainer']}: {s['status']}",
         "",
         f"- data: {s['data']['path']} ({s['data']['format']}; {s['data']['shards']} shards, {s['data']['train_samples']} train / {s['data']['eval_samples']} held-out samples)",
         f"- workers: {s['workers']}; steps: {s['steps']}; samples seen: {s['samples_seen']} (epochs started: {s['epochs_started']})",

@@ -258,7 +258,7 @@ class PlannerTask:
         except SampleSkipped as exc:
             self.skipped[str(exc)] = self.skipped.get(str(exc), 0) + 1
             enc = None
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError):
             self.skipped["malformed_messages"] = self.skipped.get("malformed_messages", 0) + 1
             enc = None
         if len(self._cache) > 8:
@@ -277,7 +277,8 @@ class PlannerTask:
         import torch.nn.functional as F
 
         ids, labels, pos = (t.to(self.device) for t in collate(batch, self.pad_id))
-        out = self.model(input_ids=ids, position_ids=pos)
+        extra = {"use_cache": False} if self.hf else {}  # with a cache, transformers ignores the packing
+        out = self.model(input_ids=ids, position_ids=pos, **extra)
         logits = (out.logits if hasattr(out, "logits") else out)[:, :-1].float()
         target = labels[:, 1:]
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
