@@ -157,3 +157,28 @@ def test_wrong_data_and_changed_config_fail_clearly(proxy_shards, refs_shards, t
     assert other.returncode == 2 and "different config" in other.stderr and "--overwrite" in other.stderr
     typo = run_cli(*train_args(proxy_shards, tmp_path / "d", 2, "--set", "planner.max_seqlen=5"))
     assert typo.returncode == 2 and "max_seqlen" in typo.stderr
+
+
+def test_data_and_checkpoints_on_an_object_store(proxy_shards):
+    """Shards read from, and checkpoints written to, a filesystem with no rename (fsspec's
+    in-memory one, the code path of S3 and GCS; issue 7 runs it against an S3 server)."""
+    import fsspec
+
+    from weaverdata.config import load_config
+    from weaverdata.train.config import PlannerTrainConfig
+    from weaverdata.train.loop import run_training
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(proxy_shards) + "/", "/wd-train/data/", recursive=True)
+    try:
+        settings = {"data.path": "memory://wd-train/data", "output": "memory://wd-train/ckpt", "train.executor": "local", "train.checkpoint_every": 2, "planner.max_seq_len": 256, "train.probe_every": 0}
+        first = run_training("planner", load_config(PlannerTrainConfig, "train-planner", {**settings, "optim.steps": 4, "train.stop_after_steps": 2}))
+        assert first["status"] == "stopped" and fs.exists("/wd-train/ckpt/checkpoints/step-00000002/state.json")
+        assert fs.exists("/wd-train/ckpt/checkpoints/step-00000002/model/model.safetensors")
+        second = run_training("planner", load_config(PlannerTrainConfig, "train-planner", {**settings, "optim.steps": 4}))
+        assert second["status"] == "complete" and second["steps"] == 4
+        rows = [json.loads(line) for line in fs.cat("/wd-train/ckpt/metrics.jsonl").decode().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4]
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/wd-train/ckpt/checkpoints", detail=False)) == ["step-00000002", "step-00000004"]
+    finally:
+        fs.rm("/wd-train", recursive=True)

@@ -334,6 +334,7 @@ def decode_rgb(data: bytes, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that still covers `size`
         im = im.convert("RGB")
         w, h = im.size
         scale = size / min(w, h)

@@ -27,9 +27,11 @@ import logging
 import math
 import os
 import posixpath
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -296,7 +298,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
     def stream_for(stage: int, position: DataPosition) -> SampleStream:
         return SampleStream(stages[stage][1], reader, ranks.rank, ranks.world, cfg.optim.seed + 1000 * stage, cfg.data.shuffle_window, position)
 
-    stream = stream_for(state.stage, state.position)
+    feed = Prefetcher(task, stream_for(state.stage, state.position))
     if metrics is not None and state.step == 0 and probe is not None:
         metrics.add({"step": 0, "probe_loss": _probe_loss(task, probe, ranks), "samples": 0, "seconds": 0.0})
     model.train()
@@ -307,8 +309,9 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
         step = state.step + 1
         while step > stages[state.stage][2]:
             state.stage += 1
-            stream = stream_for(state.stage, DataPosition())
-        batch = _lockstep_batch(task, stream, ranks)
+            feed.close()
+            feed = Prefetcher(task, stream_for(state.stage, DataPosition()))
+        batch, position = _lockstep_batch(feed, ranks)
         if batch is None:  # this rank's share of the epoch is used up; the others finish theirs
             loss_sum, weight, counts = torch.zeros(()), 0.0, dict.fromkeys(task.count_keys, 0.0)
         else:
@@ -326,9 +329,9 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
         ranks.all_sum(n_samples)
         state.samples += int(n_samples.item())
         state.step = step
-        state.position = stream.position
+        state.position = position
         if ids_log is not None:
-            ids_log.add({"step": step, "stage": stages[state.stage][0], "epoch": stream.position.epoch, "ids": ids})
+            ids_log.add({"step": step, "stage": stages[state.stage][0], "epoch": position.epoch, "ids": ids})
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.optim.steps:
             last_eval = _evaluate(task, eval_samples, ranks)
         if metrics is not None and (step % cfg.train.log_every == 0 or step == cfg.optim.steps):
@@ -336,7 +339,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
             row = {
                 "step": step,
                 "stage": stages[state.stage][0],
-                "epoch": stream.position.epoch,
+                "epoch": position.epoch,
                 "loss": totals[0].item() / max(totals[1].item(), 1e-12),
                 "weight": totals[1].item(),
                 "lr": scheduler.get_last_lr()[0],
@@ -355,6 +358,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
         if step % cfg.train.checkpoint_every == 0 or step == end:
             _checkpoint(task, cfg, out, state, optimizer, scheduler, ranks, all_eval)
 
+    feed.close()
     counters: dict[str, float] = {}
     for part in ranks.gather(task.counters()):  # keys differ by rank (skip reasons): gather, then add
         for k, v in part.items():
@@ -366,18 +370,71 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
     return summary or {}
 
 
-def _lockstep_batch(task: Task, stream: SampleStream, ranks: Ranks):
-    """This rank's next batch (None if its share of the epoch is used up while others still have
-    some); when every rank is through, all move on to the next epoch together."""
+class Prefetcher:
+    """Builds this rank's next batches in a background thread while the model steps.
+
+    It makes exactly the calls a serial loop would (next_batch, and next_epoch only when the main
+    thread says every rank is through), so batches and data positions are the same with or
+    without it; each batch comes with the stream position after it, which is what a checkpoint
+    saves. Decoding (PIL) and tokenizing (Rust) release the GIL, so the work really overlaps.
+    """
+
+    _STOP = object()
+
+    def __init__(self, task: Task, stream: SampleStream, depth: int = 2):
+        self.task, self.stream = task, stream
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.orders: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="weaverdata-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self.task.next_batch(self.stream)
+                self.queue.put((batch, DataPosition(self.stream.position.epoch, self.stream.position.consumed), None))
+                if batch is None:  # wait for the ranks' verdict: next epoch, or ask again
+                    order = self.orders.get()
+                    if order is self._STOP:
+                        return
+                    if order == "next_epoch":
+                        self.stream.next_epoch()
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self.queue.put((None, None, exc))
+
+    def get(self) -> tuple[Any, DataPosition]:
+        batch, position, error = self.queue.get()
+        if error is not None:
+            raise error
+        return batch, position
+
+    def answer(self, order: str) -> None:
+        self.orders.put(order)
+
+    def close(self) -> None:
+        self.orders.put(self._STOP)
+        while self.thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            self.thread.join(timeout=0.05)
+
+
+def _lockstep_batch(feed: Prefetcher, ranks: Ranks):
+    """This rank's next batch and the position after it (None if its share of the epoch is used up
+    while others still have some); when every rank is through, all move on to the next epoch."""
     import torch
 
     for _ in range(2):
-        batch = task.next_batch(stream)
+        batch, position = feed.get()
         have = torch.tensor([0.0 if batch is None else 1.0])
         ranks.all_sum(have)
         if have.item() > 0:
-            return batch
-        stream.next_epoch()
+            if batch is None:
+                feed.answer("again")
+            return batch, position
+        feed.answer("next_epoch")
     raise DataError("a whole epoch yielded no batch: every sample of the stage was skipped (see the counters)")
 
 
@@ -503,6 +560,7 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    os.environ["WEAVERDATA_CACHE"] = config["cache"]  # where tiny models are built (per node)
     ctx = ray.train.get_context()
     task, cfg = make_task(config["trainer"], config["config"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -542,6 +600,7 @@ def run_training(trainer: str, cfg: TrainConfig) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from weaverdata.runtime import check_fits, connect
+    from weaverdata.train.models import cache_dir
 
     connect(cfg.runtime)
     use_gpu = cfg.train.gpus_per_worker > 0
@@ -552,7 +611,7 @@ def run_training(trainer: str, cfg: TrainConfig) -> dict[str, Any]:
         storage = os.path.abspath(storage)
     trainer_obj = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"trainer": trainer, "config": cfg.model_dump(mode="json")},
+        train_loop_config={"trainer": trainer, "config": cfg.model_dump(mode="json"), "cache": str(cache_dir())},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(storage_path=storage, name=f"{trainer}-{uuid.uuid4().hex[:8]}", failure_config=FailureConfig(max_failures=cfg.train.max_failures)),

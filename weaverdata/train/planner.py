@@ -20,9 +20,7 @@ side; a VLM planner would feed the images through its processor.
 from __future__ import annotations
 
 import glob
-import importlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,25 +29,13 @@ from weaverdata.io.storage import Location
 from weaverdata.train.config import PlannerTrainConfig
 from weaverdata.train.data import Sample, SampleIndex, SampleStream
 from weaverdata.train.loop import Ranks, TrainError
+from weaverdata.train.models import CLASS_REF, cache_dir, import_class
 
-CLASS_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 IGNORE = -100
 
 
 class SampleSkipped(ValueError):
     """A record the planner cannot train on; its reason is counted."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("WEAVERDATA_CACHE", Path.home() / ".cache" / "weaverdata"))
-
-
-def import_class(ref: str):
-    module, _, name = ref.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise TrainError(f"cannot import {ref}: {exc}") from exc
 
 
 @dataclass
@@ -248,8 +234,10 @@ class PlannerTask:
     def stages(self, train: SampleIndex, steps: int):
         return [("all", train, steps)]
 
-    def encode(self, sample: Sample) -> Encoded | None:
-        if sample.id in self._cache:
+    def encode(self, sample: Sample, cache: bool = True) -> Encoded | None:
+        """The sample's tokens, or None (its skip reason counted). The cache (for a sample that
+        did not fit a batch and is peeked again) belongs to the batch-building thread."""
+        if cache and sample.id in self._cache:
             return self._cache[sample.id]
         try:
             messages = chat_messages(sample.record)
@@ -261,9 +249,10 @@ class PlannerTask:
         except (KeyError, TypeError):
             self.skipped["malformed_messages"] = self.skipped.get("malformed_messages", 0) + 1
             enc = None
-        if len(self._cache) > 8:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[sample.id] = enc
+        if cache:
+            if len(self._cache) > 8:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[sample.id] = enc
         return enc
 
     def next_batch(self, stream: SampleStream):
@@ -302,7 +291,7 @@ class PlannerTask:
         import torch
 
         sums = {"loss_sum": 0.0, "tokens": 0.0, **dict.fromkeys(self.count_keys, 0.0)}
-        encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
+        encoded = [e for e in (self.encode(s, cache=False) for s in samples) if e is not None]
         self.model.eval()
         with torch.no_grad():
             for i in range(0, len(encoded), self.cfg.train.batch_size):

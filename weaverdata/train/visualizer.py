@@ -27,7 +27,7 @@ from weaverdata.io.storage import Location
 from weaverdata.train.config import VisualizerTrainConfig
 from weaverdata.train.data import DataError, Sample, SampleIndex, SampleStream, decode_rgb
 from weaverdata.train.loop import Ranks, TrainError
-from weaverdata.train.planner import CLASS_REF, cache_dir, import_class
+from weaverdata.train.models import CLASS_REF, cache_dir, import_class
 
 log = logging.getLogger(__name__)
 
