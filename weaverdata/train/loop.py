@@ -561,6 +561,8 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
     import torch
 
     os.environ["WEAVERDATA_CACHE"] = config["cache"]  # where tiny models are built (per node)
+    if os.path.isdir(config["cwd"]) and config["cwd"] not in sys.path:
+        sys.path.insert(0, config["cwd"])  # module:Class models next to where the command ran (ship them with runtime_env working_dir on a cluster)
     ctx = ray.train.get_context()
     task, cfg = make_task(config["trainer"], config["config"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -611,7 +613,7 @@ def run_training(trainer: str, cfg: TrainConfig) -> dict[str, Any]:
         storage = os.path.abspath(storage)
     trainer_obj = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"trainer": trainer, "config": cfg.model_dump(mode="json"), "cache": str(cache_dir())},
+        train_loop_config={"trainer": trainer, "config": cfg.model_dump(mode="json"), "cache": str(cache_dir()), "cwd": os.getcwd()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(storage_path=storage, name=f"{trainer}-{uuid.uuid4().hex[:8]}", failure_config=FailureConfig(max_failures=cfg.train.max_failures)),

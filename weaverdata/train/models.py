@@ -11,9 +11,16 @@ CLASS_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 """`package.module:ClassName` (a hub id has a slash and no colon; a path exists on disk)."""
 
 
-def import_class(ref: str):
+def import_class(ref: str, search: str | None = None):
+    """The class named by `module:Class`; the module is looked up in `search` (the directory the
+    command ran in, as `python -m` does) and on the usual path."""
+    import sys
+
     from weaverdata.train.loop import TrainError
 
+    where = search or os.getcwd()
+    if where not in sys.path:
+        sys.path.insert(0, where)
     module, _, name = ref.partition(":")
     try:
         return getattr(importlib.import_module(module), name)

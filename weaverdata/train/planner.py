@@ -192,6 +192,8 @@ class PlannerTask:
         self.tokenizer.add_tokens(list(cfg.planner.tags), special_tokens=True)
         self.tag_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in cfg.planner.tags]
         torch.manual_seed(cfg.optim.seed)  # the new embedding rows are drawn at random: same on every rank
+        if not (hasattr(model, "get_input_embeddings") and hasattr(model, "resize_token_embeddings")):
+            raise TrainError(f"planner model {cfg.planner.model} needs get_input_embeddings() and resize_token_embeddings(n) (the proxy tags are new tokens)")
         if model.get_input_embeddings().weight.shape[0] < len(self.tokenizer):
             model.resize_token_embeddings(len(self.tokenizer))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
