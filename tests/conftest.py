@@ -96,7 +96,8 @@ def tiny_models() -> dict[str, Path]:
     return paths
 
 
-def _cli_sets(sets: dict) -> list[str]:
+def cli_sets(sets: dict) -> list[str]:
+    """Config overrides as --set options (non-strings as JSON, as YAML reads them back)."""
     import json
 
     return [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
@@ -114,7 +115,7 @@ def proxy_shards(tmp_path_factory, tiny_models) -> Path:
     inputs = proxy_inputs(root / "in")
     out = root / "proxy-single-image"
     sets = {**proxy_overrides(tiny_models, "single-image"), "runtime.progress": False}
-    proc = run_cli("build-proxy", "--config", "pipelines/proxy-single-image.yaml", "--input", str(inputs["single-image"]), "--output", str(out), "--json", *_cli_sets(sets), timeout=900)
+    proc = run_cli("build-proxy", "--config", "pipelines/proxy-single-image.yaml", "--input", str(inputs["single-image"]), "--output", str(out), "--json", *cli_sets(sets), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["samples"] >= 8
     return out
@@ -130,7 +131,7 @@ def refs_shards(tmp_path_factory, tiny_models, photos_dir) -> Path:
 
     out = tmp_path_factory.mktemp("train-refs") / "refs-collection"
     sets = {**tiny_model_overrides(tiny_models), "grouping.edge_threshold": 0.99, "band.low": 0.9, "band.high": 0.9995, "runtime.progress": False}
-    proc = run_cli("build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(photos_dir), "--output", str(out), "--json", *_cli_sets(sets), timeout=900)
+    proc = run_cli("build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(photos_dir), "--output", str(out), "--json", *cli_sets(sets), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tasks = json.loads(proc.stdout)["details"]["samples_by_task"]
     assert tasks.get("text_to_image") and (tasks.get("single_reference") or tasks.get("multi_reference")), tasks

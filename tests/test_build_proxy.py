@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_sets, run_cli
 from weaverdata.demo import proxy_inputs, proxy_overrides
 from weaverdata.proxy.format import Tags, check_proxies, segments
 
@@ -30,7 +30,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def args_for(recipe: str, inp: Path, out: Path, tiny_models, *extra: str) -> list[str]:
     sets = {**proxy_overrides(tiny_models, recipe), "runtime.progress": False}
-    flat = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+    flat = cli_sets(sets)
     return ["build-proxy", "--config", f"pipelines/proxy-{recipe}.yaml", "--input", str(inp), "--output", str(out), "--json", *flat, *extra]
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import run_cli, skimage_photo_files
+from tests.conftest import cli_sets, run_cli, skimage_photo_files
 from weaverdata.demo import tiny_model_overrides
 
 pytestmark = [pytest.mark.ray]
@@ -36,7 +36,7 @@ BUNNY_FRAMES = 50  # the joined video: 50 frames of Big Buck Bunny, then one sho
 def tiny_engine_args(tiny_models) -> list[str]:
     """The demo's settings for the tiny random-weight models, as --set options."""
     sets = {**tiny_model_overrides(tiny_models), "runtime.progress": False, "runtime.task_cpus": 0.5}
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+    return cli_sets(sets)
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cluster import RAY, LocalCluster
-from tests.conftest import REPO, _cli_sets, run_cli
+from tests.conftest import REPO, cli_sets, run_cli
 from weaverdata.demo import proxy_inputs, proxy_overrides, tiny_model_overrides
 from weaverdata.io.validate import validate_output
 
@@ -36,7 +36,7 @@ def contents(out: Path) -> dict[str, dict]:
 
 def refs_args(photos_dir: Path, out: Path, tiny_models) -> list[str]:
     sets = {**tiny_model_overrides(tiny_models), "grouping.edge_threshold": 0.99, "band.low": 0.9, "band.high": 0.9995, "runtime.progress": False}
-    return ["build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(photos_dir), "--output", str(out), "--json", *_cli_sets(sets)]
+    return ["build-refs", "--config", "pipelines/refs-collection.yaml", "--input", str(photos_dir), "--output", str(out), "--json", *cli_sets(sets)]
 
 
 def test_build_refs_on_three_nodes_equals_one_node(cluster, refs_shards, photos_dir, tiny_models, tmp_path):
@@ -55,7 +55,7 @@ def test_build_proxy_on_three_nodes_equals_one_node(cluster, proxy_shards, tiny_
     inputs = proxy_inputs(tmp_path / "in")
     out = tmp_path / "proxy"
     sets = {**proxy_overrides(tiny_models, "single-image"), "runtime.progress": False}
-    proc = run_cli("build-proxy", "--config", "pipelines/proxy-single-image.yaml", "--input", str(inputs["single-image"]), "--output", str(out), "--json", "--ray-address", cluster.address, *_cli_sets(sets), timeout=900)
+    proc = run_cli("build-proxy", "--config", "pipelines/proxy-single-image.yaml", "--input", str(inputs["single-image"]), "--output", str(out), "--json", "--ray-address", cluster.address, *cli_sets(sets), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["ray"]["nodes"] == 3
     mine, single = contents(out), contents(proxy_shards)

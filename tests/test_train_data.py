@@ -130,8 +130,7 @@ def test_samples_without_target_tokens_are_skipped_with_a_reason(tokenizer):
 def test_packing_fills_sequences_in_order_and_leaves_the_overflow_for_the_next_batch():
     index = make_index([10])
     lengths = [5, 4, 3, 6, 2, 7, 1, 1, 8, 3]
-    stream = SampleStream(index, FakeReader(), 0, 1, 0, 1)
-    stream._order, stream._order_epoch = np.arange(10), 0
+    stream = SampleStream.in_index_order(index, FakeReader())
 
     def encode(sample):
         n = lengths[sample.record["position"]]

@@ -175,6 +175,7 @@ app.add_typer(train_app, name="train")
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="output folder of build-proxy / mix (planner) or build-refs (visualizer); local or URL")]
 CkptOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="checkpoint folder: checkpoints/, metrics.jsonl, summary.json")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="optimizer steps (overrides optim.steps)")]
+TrainOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="start over in a folder that holds another run")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray Train workers (overrides train.workers)")]
 
 
@@ -209,7 +210,7 @@ def train_planner(
     workers: WorkersOpt = None,
     set_: SetOpt = None,
     ray_address: RayOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over in a folder that holds another run")] = False,
+    overwrite: TrainOverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune a causal LM on proxy documents (loss on assistant tokens, packed sequences, <BOI> accuracy)."""
@@ -227,7 +228,7 @@ def train_visualizer(
     workers: WorkersOpt = None,
     set_: SetOpt = None,
     ray_address: RayOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over in a folder that holds another run")] = False,
+    overwrite: TrainOverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reference-conditioned rectified-flow generator on reference samples (text-to-image, then single, then multi reference)."""

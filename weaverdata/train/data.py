@@ -302,6 +302,13 @@ class SampleStream:
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
 
+    @classmethod
+    def in_index_order(cls, index: SampleIndex, reader: ShardReader) -> SampleStream:
+        """One pass over `index` as it is (no shuffle, one rank): fixed batches such as the probe."""
+        stream = cls(index, reader, 0, 1, 0, 1)
+        stream._order, stream._order_epoch = np.arange(len(index)), 0
+        return stream
+
     def order(self) -> np.ndarray:
         if self._order_epoch != self.position.epoch:
             whole = epoch_order(self.index, self.seed, self.position.epoch)

@@ -291,8 +291,11 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
 
     metrics = JsonLines(out, METRICS_FILE, state.step) if ranks.rank == 0 else None
     ids_log = JsonLines(out, posixpath.join("sample_ids", f"rank-{ranks.rank}.jsonl"), state.step) if cfg.train.log_sample_ids else None
-    eval_samples = [reader.get(eval_index, i) for i in range(ranks.rank, len(eval_index), ranks.world)]
-    all_eval = [reader.get(eval_index, i) for i in range(len(eval_index))] if ranks.rank == 0 else []
+    if ranks.rank == 0:  # rank 0 also draws the checkpoint samples from the whole held-out split
+        all_eval = [reader.get(eval_index, i) for i in range(len(eval_index))]
+        eval_samples = all_eval[:: ranks.world]
+    else:
+        all_eval, eval_samples = [], [reader.get(eval_index, i) for i in range(ranks.rank, len(eval_index), ranks.world)]
     probe = _probe_batch(task, train_index, reader, cfg) if (cfg.train.probe_every and ranks.rank == 0) else None
 
     def stream_for(stage: int, position: DataPosition) -> SampleStream:
@@ -332,7 +335,8 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
         state.position = position
         if ids_log is not None:
             ids_log.add({"step": step, "stage": stages[state.stage][0], "epoch": position.epoch, "ids": ids})
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.optim.steps:
+        evaluated = bool(cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == cfg.optim.steps
+        if evaluated:
             last_eval = _evaluate(task, eval_samples, ranks)
         if metrics is not None and (step % cfg.train.log_every == 0 or step == cfg.optim.steps):
             now = time.monotonic()
@@ -350,7 +354,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
             }
             if probe is not None and (step % cfg.train.probe_every == 0 or step == cfg.optim.steps):
                 row["probe_loss"] = _probe_loss(task, probe, ranks)
-            if last_eval and (cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.optim.steps):
+            if evaluated and last_eval:
                 row.update({f"eval_{k}": v for k, v in last_eval.items()})
             metrics.add(row)
             print(f"[train] step {step}/{cfg.optim.steps} loss {row['loss']:.4f}" + (f" probe {row['probe_loss']:.4f}" if "probe_loss" in row else "") + (f" eval {last_eval}" if "eval_loss" in row else ""), file=sys.stderr, flush=True)
@@ -450,9 +454,7 @@ def _evaluate(task: Task, samples: list, ranks: Ranks) -> dict[str, float]:
 
 def _probe_batch(task: Task, index: SampleIndex, reader: ShardReader, cfg: TrainConfig):
     """A fixed batch (the first samples of the training index), for a loss curve without data noise."""
-    fixed = SampleStream(index, reader, 0, 1, 0, 1, DataPosition())
-    fixed._order, fixed._order_epoch = list(range(len(index))), 0
-    return task.next_batch(fixed)
+    return task.next_batch(SampleStream.in_index_order(index, reader))
 
 
 def _probe_loss(task: Task, batch, ranks: Ranks) -> float:
