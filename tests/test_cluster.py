@@ -5,7 +5,11 @@ and through `ray job submit --working-dir`, the outputs equal a single-node run'
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +17,7 @@ import pytest
 
 from tests.cluster import RAY, LocalCluster
 from tests.conftest import REPO, cli_sets, run_cli
+from tests.test_resume import accepted_and_rejected_ids, ingest_args
 from weaverdata.demo import proxy_inputs, proxy_overrides, tiny_model_overrides
 from weaverdata.io.validate import validate_output
 
@@ -72,3 +77,46 @@ def test_ray_job_submit_with_the_working_dir(cluster, refs_shards, photos_dir, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["ray"]["nodes"] == 3
     assert contents(out) == contents(refs_shards)
+
+
+def test_driver_killed_on_the_cluster_then_rerun_resumes(cluster, photos_dir, tmp_path):
+    """The driver (only it: the cluster lives on) SIGKILLed mid-run; Ray ends its job's tasks, and
+    the same command run again against the same cluster resumes to exactly the samples of an
+    uninterrupted run."""
+    import shutil
+
+    inp = tmp_path / "in"
+    for k in range(4):
+        shutil.copytree(photos_dir, inp / f"copy{k}")
+    out = tmp_path / "out"
+    args = [*ingest_args(inp, out), "--ray-address", cluster.address]
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=cluster.env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("stats/part-*.json"))) < 3:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2.0)  # Ray notices the dead driver and ends its tasks
+    planned = len(json.loads((out / "run.json").read_text())["units"])
+    committed_before = len(list(out.glob("stats/part-*.json")))
+    assert 3 <= committed_before < planned, (committed_before, planned)
+    assert len(cluster.processes()) >= 3, "the cluster outlives the driver"
+
+    rerun = run_cli(*args, "--json", env=cluster.env(), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["status"] == "complete" and summary["ray"]["nodes"] == 3
+    assert summary["units"]["resumed"] >= committed_before
+    assert validate_output(str(out)).ok
+
+    clean = tmp_path / "clean"
+    once = run_cli(*ingest_args(inp, clean))
+    assert once.returncode == 0, once.stderr[-3000:]
+    acc, rej = accepted_and_rejected_ids(out)
+    assert (acc, rej) == accepted_and_rejected_ids(clean)
+    assert len(set(acc)) == len(acc) == summary["accepted"]

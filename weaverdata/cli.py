@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,7 +83,10 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
     typer.echo(f"summary: {cfg.output.path.rstrip('/')}/summary.json", err=True)
     if summary["status"] != "complete":
-        _fail("run incomplete: some units failed (see above); rerun the same command to redo only those", 1)
+        failed = summary["units"]["failed"]
+        reasons = Counter(f.get("error", "") for f in failed)
+        why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+        _fail(f"run incomplete: {len(failed)} of {summary['units']['planned']} units failed ({why}); fix that and rerun the same command to redo only those", 1)
 
 
 def _job_config(model, config, input, output, set_, ray_address, overwrite):

@@ -36,6 +36,9 @@ class RuntimeConfig(Strict):
     num_cpus: int | None = Field(
         None, description="logical CPUs for a local Ray (default: max(4, cores))"
     )
+    object_store_memory: int | None = Field(
+        None, ge=75 * 2**20, description="object store bytes for a local Ray (default: Ray's, 30 % of RAM); a cluster's is set by `ray start --object-store-memory`"
+    )
     task_cpus: float = Field(0.5, gt=0, description="CPUs each work-unit task asks for")
     max_in_flight: int | None = Field(
         None, ge=1, description="work units submitted at once (default: 2 x cluster CPUs)"

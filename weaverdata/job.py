@@ -22,7 +22,7 @@ from weaverdata.config import JobConfig
 from weaverdata.io.layout import RUN_MANIFEST, SUMMARY_JSON, SUMMARY_MD, OutputLayout
 from weaverdata.io.sources import WorkUnit, plan_units
 from weaverdata.io.storage import Location, StorageError
-from weaverdata.runtime import connect, run_units
+from weaverdata.runtime import connect, memory_report, run_units
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def prepare_output(layout: OutputLayout, recipe: str, cfg: JobConfig, units: lis
     return set()
 
 
-def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, started_at: str, wall: float, resumed: int, failed: list[dict[str, Any]], ray_info: dict[str, Any], details: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, started_at: str, wall: float, resumed: int, failed: list[dict[str, Any]], ray_info: dict[str, Any], details: dict[str, Any] | None = None, memory: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sum every committed unit's stats into summary.json (and a readable summary.md)."""
     manifest = layout.read_json(RUN_MANIFEST) or {}
     planned = [u["unit"] for u in manifest.get("units", [])]
@@ -130,6 +130,8 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
     }
     if composite:
         summary["samples"] = samples
+    if memory:
+        summary["memory"] = memory
     if details:
         summary["details"] = details
     errors = schemas.record_errors("run_summary", summary)
@@ -149,6 +151,7 @@ def render_summary(s: dict[str, Any]) -> str:
         + (f" (accepted: used in at least one of the **{s['samples']}** samples)" if "samples" in s else ""),
         f"- units: {u['committed']}/{u['planned']} committed ({u['resumed']} from an earlier run, {len(u['failed'])} failed)",
         f"- wall time: {s['timings']['wall_seconds']:.1f} s ({s['timings']['samples_per_second']:.1f} inputs/s)",
+        *([_memory_line(s["memory"])] if s.get("memory") else []),
         "",
         "| group | samples |",
         "| --- | ---: |",
@@ -159,6 +162,11 @@ def render_summary(s: dict[str, Any]) -> str:
     for f in u["failed"]:
         lines.append(f"\n- unit {f['unit']} failed: {f['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _memory_line(m: dict[str, Any]) -> str:
+    mib = lambda b: f"{b / 2**20:.0f} MiB" if b is not None else "?"  # noqa: E731
+    return f"- memory: driver peak {mib(m['driver_peak_rss_bytes'])}; object store {mib(m['object_store_bytes'])}, spilled {mib(m['spilled_bytes'])}"
 
 
 def run_job(
@@ -190,4 +198,4 @@ def run_job(
         outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=recipe)
     failed = [{"unit": o.unit, "error": o.error} for o in outcomes if o.error]
     details = layout.read_json(details_file) if details_file else None
-    return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info, details)
+    return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info, details, memory_report())

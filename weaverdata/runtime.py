@@ -43,9 +43,10 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
                 ray.init(address=address, **common)
             else:
                 cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+                ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.object_store_memory, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         except (ConnectionError, TimeoutError, ValueError) as exc:
             raise RuntimeError_(f"cannot start or join Ray (address={address or 'local'}): {exc}") from exc
+    fit_blocks_to_object_store()
     resources = ray.cluster_resources()
     return {
         "address": ray.get_runtime_context().gcs_address,
@@ -53,6 +54,48 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         "cpus": resources.get("CPU", 0.0),
         "gpus": resources.get("GPU", 0.0),
     }
+
+
+def fit_blocks_to_object_store(share: int = 16) -> int:
+    """Cap Ray Data's block size at 1/`share` of the smallest node's object store (it is 128 MiB
+    by default, and 30 % of RAM makes stores of many GiB on real nodes, so this changes nothing
+    there). On a small store, blocks of a whole file of images would each fill it, and Ray Data's
+    backpressure could only spill them to disk instead of streaming. Returns the cap in bytes."""
+    import ray
+    from ray.data import DataContext
+
+    stores = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
+    ctx = DataContext.get_current()
+    smallest = min((s for s in stores if s > 0), default=0)
+    if smallest:
+        ctx.target_max_block_size = int(min(ctx.target_max_block_size or 128 * 2**20, max(2**20, smallest // share)))
+    return int(ctx.target_max_block_size or 0)
+
+
+def memory_report() -> dict[str, int | None]:
+    """Peak memory of this driver process, and the Ray object store's size and spilling so far
+    (what a run over more bytes than the object store holds leaves behind: it streams, and
+    anything that did not fit went to disk)."""
+    import resource
+
+    report: dict[str, int | None] = {
+        "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        "object_store_bytes": None,
+        "spilled_bytes": None,
+    }
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return report
+        report["object_store_bytes"] = int(ray.cluster_resources().get("object_store_memory", 0)) or None
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+        report["spilled_bytes"] = int(reply.store_stats.spilled_bytes_total)
+    except (ImportError, AttributeError, ConnectionError, RuntimeError) as exc:  # an internal Ray API: report what we have
+        log.debug("object store stats unavailable: %s", exc)
+    return report
 
 
 def probe_address(address: str, timeout: float = 5.0) -> None:

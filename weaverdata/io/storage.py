@@ -30,6 +30,12 @@ class Location:
 
     @classmethod
     def of(cls, url: str, **storage_options) -> Location:
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        if protocol not in ("file", "local", "memory"):
+            # object stores: no listing cache. Commit markers are found by listing, and another
+            # process (a Ray worker, a rerun) may have PUT one since this process last listed:
+            # a cached listing would hide it (or an `exists` answered from it would say no)
+            storage_options.setdefault("use_listings_cache", False)
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
         return cls(fs=fs, root=root.rstrip("/") or "/", url=url)
 

@@ -95,9 +95,10 @@ class ClipEmbedder:
 class PrepareClipBatch:
     """CPU stage: image bytes -> transformed pixels (loads only the transform, once per actor)."""
 
-    def __init__(self, cfg: ClipConfig):
+    def __init__(self, cfg: ClipConfig, image_column: str = "image"):
         import open_clip
 
+        self.image_column = image_column
         name = cfg.model
         if not name.startswith(("local-dir:", "hf-hub:")) and Path(name).is_dir():
             name = f"local-dir:{name}"
@@ -109,14 +110,14 @@ class PrepareClipBatch:
         from weaverdata.media.image import ImageRejected, decode_image
 
         pixels, errors = [], []
-        for data in batch["image"]:
+        for data in batch[self.image_column]:
             try:
                 pixels.append(self.transform(decode_image(bytes(data), with_phash=False).rgb).numpy())
                 errors.append("")
             except ImageRejected as exc:
                 pixels.append(None)
                 errors.append(exc.reason)
-        batch = {k: v for k, v in batch.items() if k != "image"}
+        batch = {k: v for k, v in batch.items() if k != self.image_column}
         batch["pixels"] = np.stack([p if p is not None else np.zeros(self.shape, np.float32) for p in pixels])
         batch["clip_error"] = np.array(errors, dtype=object)
         return batch
@@ -151,9 +152,12 @@ class ClipImageStage:
         return batch
 
 
-def embed_dataset(ds, cfg: ClipConfig):
-    """Ray Dataset with `id` and `image` (bytes) -> `id`, `embedding` (unit-norm), `clip_error`."""
-    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, concurrency=cfg.prep_replicas, num_cpus=cfg.prep_cpus)
+def embed_dataset(ds, cfg: ClipConfig, image_column: str = "image"):
+    """Ray Dataset with `id` and `image_column` (bytes) -> `id`, `embedding` (unit-norm), `clip_error`.
+
+    Name the bytes column rather than renaming it: Ray Data's rename_columns merges blocks (into
+    ~128 MiB ones, measured on ray 2.60), which defeats streaming on a small object store."""
+    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg, "image_column": image_column}, batch_size=cfg.batch_size, concurrency=cfg.prep_replicas, num_cpus=cfg.prep_cpus)
     return prepared.map_batches(
         ClipImageStage,
         fn_constructor_kwargs={"cfg": cfg},

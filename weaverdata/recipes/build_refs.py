@@ -243,10 +243,10 @@ def embed_images(layout: OutputLayout, units: list[WorkUnit], ids: list[str], cf
         return np.zeros((0, 1), dtype=np.float32), {}
     fs = PyFileSystem(FSSpecHandler(layout.loc.fs))
     ds = ray.data.read_parquet([layout.loc.path(prep_path(u.unit)) for u in units], filesystem=fs, columns=["id", "data", "reason"])
-    ds = ds.filter(expr="reason == ''").drop_columns(["reason"]).rename_columns({"data": "image"})
+    ds = ds.filter(expr="reason == ''").drop_columns(["reason"])
     vectors: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
-    for batch in embed_dataset(ds, cfg.clip).iter_batches(batch_size=1024, batch_format="numpy"):
+    for batch in embed_dataset(ds, cfg.clip, image_column="data").iter_batches(batch_size=1024, batch_format="numpy"):
         for i, e, err in zip(batch["id"], batch["embedding"], batch["clip_error"]):
             if err:
                 errors[str(i)] = str(err)

@@ -45,11 +45,24 @@ def write_prep(cfg: Any, unit: WorkUnit, make_rows: Callable[[], list[dict[str, 
             seen.add(r["id"])
             unique.append(r)
     sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(unique, schema=schema), sink, compression="zstd")
+    table = pa.Table.from_pylist(unique, schema=schema)
+    pq.write_table(table, sink, compression="zstd", row_group_size=rows_per_group(table))
     layout.loc.write_bytes_atomic(rel, sink.getvalue())
     inputs = [r for r in unique if counts(r)]
     ok = sum(1 for r in inputs if not r["reason"])
     return {"unit": unit.unit, "accepted": ok, "rejected": len(inputs) - ok}
+
+
+PREP_ROW_GROUP_BYTES = 8 * 2**20
+
+
+def rows_per_group(table: pa.Table, target_bytes: int = PREP_ROW_GROUP_BYTES) -> int:
+    """Rows per Parquet row group so that a group holds about `target_bytes` of images: the model
+    stages read prep files through Ray Data one row group at a time, so a whole unit's images
+    never travel as one object (it would fill a small object store and spill)."""
+    if table.num_rows == 0:
+        return 1
+    return max(1, min(table.num_rows, int(target_bytes * table.num_rows / max(1, table.nbytes))))
 
 
 def prepare_all(cfg: Any, units: list[WorkUnit], layout: OutputLayout, prepare_unit: Callable[[WorkUnit, Any], dict[str, Any]], name: str) -> None:
