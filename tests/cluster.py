@@ -48,7 +48,11 @@ class LocalCluster:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # `weaverdata` and `ray` resolve in jobs
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         # a loopback test cluster: no token auth (with a ~/.ray/auth_token on the machine, a head
-        # started without this turns token auth on and its workers fail with InvalidAuthToken)
+        # started without this turns token auth on and its workers fail with InvalidAuthToken).
+        # Every driver that joins it needs the same setting: a process that has run a local Ray
+        # (the test session's) has RAY_AUTH_MODE=token in its environment, and a driver started
+        # with that rejects the cluster's unauthenticated calls ("Missing authorization header"),
+        # the GCS then takes the driver for dead and cancels its actors
         env["RAY_AUTH_MODE"] = "disabled"
         return env
 

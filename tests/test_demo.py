@@ -23,3 +23,5 @@ def test_demo_runs_and_validates(tmp_path):
         summary = json.loads((tmp_path / "demo" / recipe / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["samples"] > 0
         assert summary["details"]["captioning"]["generated"] > 0
+        assert (tmp_path / "demo" / recipe / "report" / "index.html").is_file() and f"weaverdata inspect {tmp_path / 'demo' / recipe}" in res.stdout
+        assert (tmp_path / "demo" / recipe / "README.md").read_text().startswith("---\n")

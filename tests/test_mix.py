@@ -56,6 +56,12 @@ def test_mix_has_the_ratio_within_one_sample_and_is_seeded(inputs, tmp_path):
     assert [r["id"] for r in mixed(tmp_path / "m3")] != [r["id"] for r in rows]
     summary = json.loads((tmp_path / "m1" / "summary.json").read_text())
     assert summary["generation"]["taken"] == g and summary["understanding"]["taken"] == u
+    # its dataset card makes it loadable with HF datasets, rows in training order
+    from datasets import load_dataset
+
+    ds = load_dataset(str(tmp_path / "m1"), cache_dir=str(tmp_path / "hf-cache"))
+    assert list(ds) == ["train"] and ds["train"].num_rows == len(rows)
+    assert ds["train"]["id"] == [r["id"] for r in rows]
 
 
 def test_short_understanding_pool_limits_the_generation_side(inputs, tmp_path):

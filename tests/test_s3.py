@@ -184,3 +184,20 @@ def test_validate_on_s3_catches_a_missing_commit_marker_and_a_lost_shard(s3, tmp
     fs.invalidate_cache()
     report = validate_output(out)
     assert not report.ok and len(report.errors) >= 2, report.errors
+
+
+def test_inspect_a_remote_output(s3, refs_shards, tmp_path):
+    """`weaverdata inspect s3://...` reads the output over S3 and writes the report locally."""
+    server, fs = s3
+    out = upload(fs, refs_shards, "inspect-refs")
+    report = tmp_path / "report"
+    proc = run_cli("inspect", out, "--report", str(report), "--json", env=server.env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    local = run_cli("inspect", str(refs_shards), "--report", str(tmp_path / "local"), "--json")
+    assert local.returncode == 0, local.stderr[-3000:]
+    expected = json.loads(local.stdout)
+    for key in ("samples_shown", "rejects_shown", "thumbnails", "missing_previews"):
+        assert result[key] == expected[key], key
+    assert result["samples_shown"] > 0 and result["thumbnails"] > 0
+    assert sorted(p.name for p in (report / "thumbs").iterdir()) == sorted(p.name for p in (tmp_path / "local" / "thumbs").iterdir())

@@ -156,6 +156,7 @@ def mix(
     output: OutputOpt = None,
     ratio: Annotated[float, typer.Option(help="generation samples per understanding sample (Wan-Weaver: 5)")] = 5.0,
     seed: Annotated[int, typer.Option(help="the mix is the same for the same seed")] = 0,
+    license: Annotated[str, typer.Option(help="license written into the mix's dataset card (README.md)")] = "other",
     as_json: JsonOpt = False,
 ) -> None:
     """Build the planner's training mix: proxy documents and understanding chats at a ratio (5:1 by default)."""
@@ -167,7 +168,7 @@ def mix(
     if ratio <= 0:
         _fail("--ratio must be > 0")
     try:
-        summary = build_mix(proxy, understanding, output, ratio=ratio, seed=seed)
+        summary = build_mix(proxy, understanding, output, ratio=ratio, seed=seed, license=license)
     except (MixError, StorageError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2) if as_json else f"{summary['samples']} samples: {summary['generation']['taken']} generation + {summary['understanding']['taken']} understanding (ratio {summary['ratio_achieved']}) -> {summary['file']}")
@@ -260,6 +261,34 @@ def validate(
         verdict = "valid" if report.ok else f"INVALID ({len(report.errors)} problems)"
         typer.echo(f"{output}: {verdict}: {report.units} units, {report.samples} samples, {report.rejects} rejects")
     _exit_now(0 if report.ok else 1)
+
+
+@app.command()
+def inspect(
+    output: Annotated[str, typer.Argument(help="output folder or URL (s3://, gs://, ...) of a finished run")],
+    report: Annotated[Optional[str], typer.Option("--report", "-r", help="where to write index.html and thumbs/ (default: OUTPUT/report for a local output, ./<name>-report for a remote one)")] = None,
+    max_samples: Annotated[int, typer.Option(help="samples in the browser (spread over the groups)")] = 48,
+    max_rejects: Annotated[int, typer.Option(help="rejects shown (spread over the reasons)")] = 48,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an offline HTML report of an output: run summary, histograms, sample browser, rejects."""
+    from weaverdata.io.storage import Location, StorageError
+    from weaverdata.report.build import ReportError, build_report
+
+    _setup_logging()
+    if report is None:
+        loc = Location.of(output)
+        report = str(Path(output) / "report") if loc.is_local else f"{loc.root.rstrip('/').rsplit('/', 1)[-1] or 'output'}-report"
+    try:
+        result = build_report(output, report, max_samples=max_samples, max_rejects=max_rejects)
+    except (ReportError, StorageError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.__dict__, indent=2))
+    else:
+        missing = sum(result.missing_previews.values())
+        typer.echo(f"report: {result.path} ({result.samples_shown} samples, {result.rejects_shown} rejects, {result.thumbnails} thumbnails" + (f", {missing} without preview" if missing else "") + ")")
+    _exit_now(0)
 
 
 def _exit_now(code: int) -> None:

@@ -76,6 +76,7 @@ class OutputConfig(Strict):
     overwrite: bool = Field(False, description="delete an existing output made with another config instead of refusing")
     row_group_rows: int = Field(256, ge=1, description="Parquet row group size")
     validate_records: bool = Field(True, description="check every record against its JSON Schema before writing")
+    license: str = Field("other", description="license written into the output's dataset card (README.md); not part of the output's identity")
 
 
 class SamplingConfig(Strict):
@@ -150,7 +151,7 @@ class JobConfig(Strict):
         data.pop("runtime", None)
         data.get("input", {}).pop("path", None)
         out = data.get("output", {})
-        for key in ("path", "overwrite"):
+        for key in ("path", "overwrite", "license"):
             out.pop(key, None)
         return data
 

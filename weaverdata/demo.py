@@ -107,6 +107,11 @@ def _report(out: Path, summary: dict) -> bool:
     print(f"[demo] weaverdata validate {out}: {'valid' if report.ok else 'INVALID'} ({report.units} units, {report.samples} samples, {report.rejects} rejects)")
     for err in report.errors:
         print(f"  invalid: {err}")
+    if summary.get("samples", 0) > 0:
+        from weaverdata.report.build import build_report
+
+        page = build_report(str(out), str(out / "report"))
+        print(f"[demo] weaverdata inspect {out}: {page.path} ({page.samples_shown} samples, {page.rejects_shown} rejects; open it in a browser)")
     return report.ok and summary["status"] == "complete" and summary.get("samples", 0) > 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from weaverdata import __version__, schemas
 from weaverdata.config import JobConfig
+from weaverdata.io.card import write_card
 from weaverdata.io.layout import RUN_MANIFEST, SUMMARY_JSON, SUMMARY_MD, OutputLayout
 from weaverdata.io.sources import WorkUnit, plan_units
 from weaverdata.io.storage import Location, StorageError
@@ -139,6 +140,7 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
         raise ValueError(f"run summary breaks its schema: {errors}")
     layout.write_json(SUMMARY_JSON, summary)
     layout.loc.write_bytes_atomic(SUMMARY_MD, render_summary(summary).encode())
+    write_card(layout, summary, cfg.output.license)
     return summary
 
 
@@ -195,7 +197,7 @@ def run_job(
         ray_info = connect(cfg.runtime)
         if plan is not None:  # whole-job stages (models, grouping) before the per-unit writes
             plan(cfg, units, pending, layout)
-        outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=recipe)
+        outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=f"{recipe} write" if plan is not None else recipe)
     failed = [{"unit": o.unit, "error": o.error} for o in outcomes if o.error]
     details = layout.read_json(details_file) if details_file else None
     return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info, details, memory_report())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,14 +73,28 @@ def fit_blocks_to_object_store(share: int = 16) -> int:
     return int(ctx.target_max_block_size or 0)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux: VmHWM of /proc/self/status, which starts
+    afresh at exec; getrusage's ru_maxrss does not, so a CLI started from a big process (a test
+    runner, a notebook) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux and BSD: KiB
+
+
 def memory_report() -> dict[str, int | None]:
     """Peak memory of this driver process, and the Ray object store's size and spilling so far
     (what a run over more bytes than the object store holds leaves behind: it streams, and
     anything that did not fit went to disk)."""
-    import resource
-
     report: dict[str, int | None] = {
-        "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        "driver_peak_rss_bytes": peak_rss_bytes(),
         "object_store_bytes": None,
         "spilled_bytes": None,
     }
@@ -138,6 +153,7 @@ class Progress:
 
     total_units: int
     enabled: bool = True
+    label: str = "units"
     _bar: Any = None
     _task: Any = None
     samples: int = 0
@@ -150,18 +166,19 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self._bar = RichProgress(
-                TextColumn("[bold]units"),
-                BarColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                # a log file or `ray job logs` is no terminal: Rich would assume 80 columns and cut the counts
+                console=Console(stderr=True, width=None if sys.stderr.isatty() else 160),
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("units", total=self.total_units, info="")
+            self._task = self._bar.add_task(self.label, total=self.total_units, info="")
         return self
 
     def advance(self, outcome: UnitOutcome) -> None:
@@ -204,7 +221,7 @@ def run_units(
     outcomes: list[UnitOutcome] = []
     pending: dict[Any, str] = {}
     it = iter(units)
-    with Progress(total, enabled=cfg.progress) as progress:
+    with Progress(total, enabled=cfg.progress, label=f"{name}: units") as progress:
         def submit_one() -> bool:
             unit = next(it, None)
             if unit is None:

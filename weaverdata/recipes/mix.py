@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from weaverdata.io.card import CARD, mix_card
 from weaverdata.io.layout import OutputLayout
 from weaverdata.io.storage import Location
 from weaverdata.proxy.mix import mix_plan
@@ -105,7 +106,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def build_mix(proxy_urls: list[str], understanding_url: str, output: str, *, ratio: float = 5.0, seed: int = 0) -> dict[str, Any]:
+def build_mix(proxy_urls: list[str], understanding_url: str, output: str, *, ratio: float = 5.0, seed: int = 0, license: str = "other") -> dict[str, Any]:
     generation = [s for u in proxy_urls for s in proxy_samples(u)]
     understanding = understanding_samples(understanding_url)
     plan = mix_plan(len(generation), len(understanding), ratio, seed)
@@ -137,4 +138,5 @@ def build_mix(proxy_urls: list[str], understanding_url: str, output: str, *, rat
           f"- generation available: {len(generation)} from {', '.join(proxy_urls)}\n"
           f"- understanding available: {len(understanding)} from {understanding_url}\n")
     loc.write_bytes_atomic("summary.md", md.encode())
+    loc.write_bytes_atomic(CARD, mix_card(summary, MIX_SCHEMA, len(sink.getvalue()), license).encode())
     return summary
