@@ -178,3 +178,12 @@ def test_progress_names_the_stage_and_shows_counts_rate_and_eta(capsys):
     err = capsys.readouterr().err
     assert "build-refs prepare: units" in err and "4/4" in err
     assert "40 samples, 8 rejected" in err and "inputs/s" in err and "eta" in err
+
+
+def test_samples_and_rejects_are_taken_from_each_group_in_turn():
+    from weaverdata.report.build import in_turn
+
+    groups = {"b": [1, 2, 3], "a": ["x"]}
+    assert in_turn(groups, 3) == ["x", 1, 2]  # the small group shows before a big one shows twice
+    assert in_turn(groups, 10) == ["x", 1, 2, 3]
+    assert in_turn({}, 5) == []

@@ -92,10 +92,12 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
     committed = 0
     samples = 0
     composite = False
+    committed_stats: list[dict[str, Any]] = []
     for unit in planned:
         stats = layout.read_json(layout.stats(unit))
         if stats is None:
             continue
+        committed_stats.append(stats)
         committed += 1
         inputs += stats["inputs"]
         accepted += stats["accepted"]
@@ -140,7 +142,7 @@ def summarise(layout: OutputLayout, recipe: str, cfg: JobConfig, command: str, s
         raise ValueError(f"run summary breaks its schema: {errors}")
     layout.write_json(SUMMARY_JSON, summary)
     layout.loc.write_bytes_atomic(SUMMARY_MD, render_summary(summary).encode())
-    write_card(layout, summary, cfg.output.license)
+    write_card(layout, summary, committed_stats, cfg.output.license)
     return summary
 
 
@@ -153,7 +155,7 @@ def render_summary(s: dict[str, Any]) -> str:
         + (f" (accepted: used in at least one of the **{s['samples']}** samples)" if "samples" in s else ""),
         f"- units: {u['committed']}/{u['planned']} committed ({u['resumed']} from an earlier run, {len(u['failed'])} failed)",
         f"- wall time: {s['timings']['wall_seconds']:.1f} s ({s['timings']['samples_per_second']:.1f} inputs/s)",
-        *([_memory_line(s["memory"])] if s.get("memory") else []),
+        *([f"- memory: {memory_text(s['memory'])}"] if s.get("memory") else []),
         "",
         "| group | samples |",
         "| --- | ---: |",
@@ -166,9 +168,10 @@ def render_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _memory_line(m: dict[str, Any]) -> str:
+def memory_text(m: dict[str, Any]) -> str:
+    """A summary's `memory` block in words (summary.md, the inspect report)."""
     mib = lambda b: f"{b / 2**20:.0f} MiB" if b is not None else "?"  # noqa: E731
-    return f"- memory: driver peak {mib(m['driver_peak_rss_bytes'])}; object store {mib(m['object_store_bytes'])}, spilled {mib(m['spilled_bytes'])}"
+    return f"driver peak {mib(m['driver_peak_rss_bytes'])}; object store {mib(m['object_store_bytes'])}, spilled {mib(m['spilled_bytes'])}"
 
 
 def run_job(

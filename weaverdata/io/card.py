@@ -8,6 +8,7 @@ needs from a finished output folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -186,19 +187,31 @@ def _first_parquet_schema(layout: OutputLayout, rels: list[str]) -> pa.Schema | 
     return None
 
 
-def write_card(layout: OutputLayout, summary: dict[str, Any], license: str = "other") -> None:
-    """Write OUT/README.md for a summarised run (schemas read from one committed shard each)."""
-    shards: list[str] = []
-    rejects: list[str] = []
-    sample_bytes = reject_bytes = 0
-    for unit in sorted(layout.committed_units()):
-        stats = layout.read_json(layout.stats(unit)) or {}
-        for o in stats.get("outputs", []):
+@dataclass
+class CommittedFiles:
+    """The Parquet files of an output's committed units, as their stats files name them."""
+
+    shards: list[tuple[str, str, int]]  # (group, parquet path, samples), only shards with samples
+    rejects: list[str]  # rejects files of units that rejected something
+    shard_bytes: int
+
+
+def committed_files(stats: list[dict[str, Any]]) -> CommittedFiles:
+    shards, rejects, nbytes = [], [], 0
+    for st in stats:
+        for o in st.get("outputs", []):
             if o.get("parquet") and o.get("samples"):
-                shards.append(o["parquet"])
-                sample_bytes += int(o.get("parquet_bytes") or 0)
-        if stats.get("rejects_file") and stats.get("rejected"):
-            rejects.append(stats["rejects_file"])
-            reject_bytes += int(layout.loc.fs.size(layout.loc.path(stats["rejects_file"])) or 0)
-    card = dataset_card(summary, _first_parquet_schema(layout, shards[:1]), _first_parquet_schema(layout, rejects[:1]), license, sample_bytes, reject_bytes)
+                shards.append((o["group"], o["parquet"], int(o["samples"])))
+                nbytes += int(o.get("parquet_bytes") or 0)
+        if st.get("rejects_file") and st.get("rejected"):
+            rejects.append(st["rejects_file"])
+    return CommittedFiles(shards, rejects, nbytes)
+
+
+def write_card(layout: OutputLayout, summary: dict[str, Any], stats: list[dict[str, Any]], license: str = "other") -> None:
+    """Write OUT/README.md for a summarised run from its committed units' `stats` (schemas read
+    from one shard each)."""
+    files = committed_files(stats)
+    reject_bytes = sum(int(layout.loc.fs.size(layout.loc.path(rel)) or 0) for rel in files.rejects)
+    card = dataset_card(summary, _first_parquet_schema(layout, [rel for _, rel, _ in files.shards[:1]]), _first_parquet_schema(layout, files.rejects[:1]), license, files.shard_bytes, reject_bytes)
     layout.loc.write_bytes_atomic(CARD, card.encode())

@@ -20,7 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from weaverdata.io.card import committed_files
 from weaverdata.io.layout import OutputLayout, RUN_MANIFEST, SUMMARY_JSON
+from weaverdata.job import memory_text
 from weaverdata.io.storage import Location, StorageError
 from weaverdata.report.images import ImageFinder, NoPreview, thumbnail
 from weaverdata.report.plots import bars_svg, histogram_svg
@@ -78,6 +80,18 @@ def _img(rel: str | None, why: str, caption: str = "", cls: str = "thumb") -> st
 # -- reading the output ------------------------------------------------------------------------
 
 
+def in_turn(lists: dict[str, list[Any]], limit: int) -> list[Any]:
+    """Up to `limit` items taken from the lists in turn (keys in sorted order), so that every
+    list shows before any shows twice."""
+    out: list[Any] = []
+    keys = sorted(lists)
+    k = 0
+    while len(out) < limit and any(k < len(lists[key]) for key in keys):
+        out += [lists[key][k] for key in keys if k < len(lists[key])][: limit - len(out)]
+        k += 1
+    return out
+
+
 @dataclass
 class OutputView:
     layout: OutputLayout
@@ -94,15 +108,8 @@ class OutputView:
         summary = layout.read_json(SUMMARY_JSON)
         if summary is None:
             raise ReportError(f"{url} has no {SUMMARY_JSON}: not a weaverdata output, or its run never finished (rerun the command)")
-        shards, rejects = [], []
-        for unit in sorted(layout.committed_units()):
-            stats = layout.read_json(layout.stats(unit)) or {}
-            for o in stats.get("outputs", []):
-                if o.get("parquet") and o.get("samples"):
-                    shards.append((o["group"], o["parquet"], int(o["samples"])))
-            if stats.get("rejects_file") and stats.get("rejected"):
-                rejects.append(stats["rejects_file"])
-        return cls(layout, summary, layout.read_json(RUN_MANIFEST) or {}, shards, rejects)
+        files = committed_files([layout.read_json(layout.stats(u)) or {} for u in sorted(layout.committed_units())])
+        return cls(layout, summary, layout.read_json(RUN_MANIFEST) or {}, files.shards, files.rejects)
 
     def read(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.layout.loc.open(rel, "rb") as f:
@@ -131,12 +138,7 @@ class OutputView:
                 if len(taken) >= limit:
                     break
             per_group[g] = [{**r, "_group": g} for r in taken]
-        rows: list[dict[str, Any]] = []
-        for k in range(limit):
-            for g in sorted(per_group):
-                if k < len(per_group[g]) and len(rows) < limit:
-                    rows.append(per_group[g][k])
-        return rows
+        return in_turn(per_group, limit)
 
     def reject_rows(self, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` rejects, taken from the reasons in turn."""
@@ -144,12 +146,7 @@ class OutputView:
         for rel in self.rejects:
             for r in self.read(rel).to_pylist():
                 by_reason.setdefault(r["reason"], []).append(r)
-        rows: list[dict[str, Any]] = []
-        for k in range(limit):
-            for reason in sorted(by_reason):
-                if k < len(by_reason[reason]) and len(rows) < limit:
-                    rows.append(by_reason[reason][k])
-        return rows
+        return in_turn(by_reason, limit)
 
 
 # -- distributions -----------------------------------------------------------------------------
@@ -277,9 +274,7 @@ def _summary_table(s: dict[str, Any]) -> str:
         ("ray", html.escape(", ".join(f"{k} {v}" for k, v in (s.get("ray") or {}).items()))),
     ]
     if s.get("memory"):
-        m = s["memory"]
-        mib = lambda b: "?" if b is None else f"{b / 2**20:.0f} MiB"  # noqa: E731
-        rows.append(("memory", f"driver peak {mib(m['driver_peak_rss_bytes'])}, object store {mib(m['object_store_bytes'])}, spilled {mib(m['spilled_bytes'])}"))
+        rows.append(("memory", memory_text(s["memory"])))
     cap = (s.get("details") or {}).get("captioning")
     if cap:
         rows.append(("captioning", html.escape(", ".join(f"{k} {v}" for k, v in cap.items()))))
