@@ -63,14 +63,17 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}", "--disable-usage-stats"]
-        self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *common)
+        # every node its own dashboard-agent port: Ray's default (52365) is taken by any other Ray
+        # on the machine (the test session's local one), and a head whose agent cannot bind it
+        # answers every `ray job submit` with "No available agent to submit job"
+        self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", f"--dashboard-agent-listen-port={free_port()}", *common)
         for k in range(self.workers):
             # each node its own temp dir, as on separate machines: nodes sharing one would share
             # the runtime_env working_dir cache, and one node's cleanup would delete another's
             # job directory under it
             temp = tempfile.mkdtemp(prefix=f"rw{k}-", dir="/tmp")
             self.temp_dirs.append(temp)
-            self._ray("start", f"--address={self.address}", f"--temp-dir={temp}", *common)
+            self._ray("start", f"--address={self.address}", f"--temp-dir={temp}", f"--dashboard-agent-listen-port={free_port()}", *common)
         self.wait_for_nodes(self.workers + 1)
         return self
 
