@@ -8,7 +8,8 @@ from PIL import Image
 
 from tests.conftest import skimage_photo_files
 from weaverdata.config import ClipConfig
-from weaverdata.models.clip import ClipEmbedder, build_tiny_clip, embed_dataset, read_embeddings, write_embeddings
+from weaverdata.media.image import decode_image
+from weaverdata.models.clip import ClipEmbedder, ClipImageStage, build_tiny_clip, forward_threads, node_cores, embed_dataset, read_embeddings, write_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,36 @@ def test_ray_data_stage_matches_the_plain_embedder(tiny_clip, ray_local):
     assert set(out) == {r["id"] for r in rows}
     assert out["broken"]["clip_error"] == "not_an_image"
     assert not np.any(out["broken"]["embedding"])
-    plain = ClipEmbedder(cfg).embed_images([Image.open(f) for f in files])
+    # the stage decodes JPEGs at a reduced DCT scale still >= the model's 64 px (PNGs in full)
+    plain = ClipEmbedder(cfg).embed_images([decode_image(f.read_bytes(), enough_side=64).rgb for f in files])
     for f, expected in zip(files, plain):
         np.testing.assert_allclose(out[f.stem]["embedding"], expected, atol=1e-5)
+
+
+def test_reduced_jpeg_decode_gives_nearly_the_full_decode_embedding(tiny_clip):
+    """The CLIP stage decodes JPEGs at the smallest DCT scale still >= the model's input side;
+    on the real JPEGs scikit-image ships the embeddings stay within cosine 0.99 of a full decode."""
+    jpegs = [f.read_bytes() for f in skimage_photo_files() if f.suffix == ".jpg"]
+    assert len(jpegs) >= 3
+    emb = ClipEmbedder(ClipConfig(model=str(tiny_clip)))
+    reduced = [decode_image(b, enough_side=64).rgb for b in jpegs]
+    full = [decode_image(b).rgb for b in jpegs]
+    assert all(min(r.size) >= 64 and r.width < f.width for r, f in zip(reduced, full))
+    cos = (emb.embed_images(reduced) * emb.embed_images(full)).sum(axis=1)
+    assert cos.min() > 0.99, cos
+
+
+def test_forward_actor_uses_the_node_cores_not_only_its_reservation(tiny_clip):
+    import torch
+
+    assert forward_threads(ClipConfig(cpus_per_replica=1), 8) == 8
+    assert forward_threads(ClipConfig(replicas=4), 8) == 2
+    assert forward_threads(ClipConfig(replicas=16, cpus_per_replica=2), 8) == 2
+    assert forward_threads(ClipConfig(threads=3), 8) == 3
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what Ray's OMP_NUM_THREADS=1 gives an actor reserving 1 CPU
+        ClipImageStage(ClipConfig(model=str(tiny_clip), device="cpu"))
+        assert torch.get_num_threads() == node_cores()
+    finally:
+        torch.set_num_threads(before)

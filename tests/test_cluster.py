@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from tests.cluster import RAY, LocalCluster
 from tests.conftest import REPO, cli_sets, run_cli
-from tests.test_resume import accepted_and_rejected_ids, ingest_args
+from tests.test_resume import accepted_and_rejected_ids, ingest_args, kill_when
 from weaverdata.demo import proxy_inputs, proxy_overrides, tiny_model_overrides
 from weaverdata.io.validate import validate_output
 
@@ -90,17 +89,7 @@ def test_driver_killed_on_the_cluster_then_rerun_resumes(cluster, photos_dir, tm
         shutil.copytree(photos_dir, inp / f"copy{k}")
     out = tmp_path / "out"
     args = [*ingest_args(inp, out), "--ray-address", cluster.address]
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=cluster.env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("stats/part-*.json"))) < 3:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_when(args, lambda: len(list(out.glob("stats/part-*.json"))) >= 3, kill=lambda pid: os.kill(pid, signal.SIGKILL), env=cluster.env(), timeout=300)  # the driver alone
     time.sleep(2.0)  # Ray notices the dead driver and ends its tasks
     planned = len(json.loads((out / "run.json").read_text())["units"])
     committed_before = len(list(out.glob("stats/part-*.json")))

@@ -32,6 +32,7 @@ from weaverdata.media.image import (
     DecodedImage,
     ImageRejected,
     decode_image,
+    draft_size,
     encode,
     hamming,
     phash,
@@ -288,6 +289,45 @@ def test_orientation_matches_pil_exif_transpose(orientation: int) -> None:
     assert decoded.orientation == orientation
     assert decoded.rgb.size == reference.size == (decoded.width, decoded.height)
     assert np.array_equal(np.asarray(decoded.rgb), np.asarray(reference))
+
+
+# --------------------------------------------------------------------------------------------
+# reduced decoding for model inputs (enough_side / enough_pixels)
+
+
+def test_draft_size_keeps_what_the_caller_needs() -> None:
+    assert draft_size(1000, 800, 224, None) == (280, 224)
+    assert draft_size(1000, 800, None, 50_000) == (250, 200)
+    assert draft_size(1000, 800, 224, 50_000) == (280, 224)  # the larger need wins
+    assert draft_size(400, 300, 224, None) is None  # no DCT scale would keep 224
+    assert draft_size(1000, 800, None, None) is None
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_jpeg_decode_is_smaller_but_never_below_the_need(orientation: int) -> None:
+    photo = _small_photo("astronaut", 512).crop((0, 0, 512, 400))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = image_bytes(photo, "JPEG", exif=exif.tobytes())
+    full = decode_image(data)
+    reduced = decode_image(data, enough_side=64)
+    assert (full.width, full.height) == ((512, 400) if orientation == 1 else (400, 512))
+    # 64 / 400 needs 0.16 of the size: 1/4 is the smallest DCT scale that keeps it (1/8 gives 50)
+    assert (reduced.width, reduced.height) == ((128, 100) if orientation == 1 else (100, 128))
+    assert reduced.sha256 == full.sha256
+    # the same picture: the full decode shrunk to the reduced size is close to it
+    shrunk = np.asarray(full.rgb.resize(reduced.rgb.size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(shrunk - np.asarray(reduced.rgb, dtype=np.float32)).mean() < 8
+    by_area = decode_image(data, enough_pixels=128 * 100)
+    assert by_area.rgb.size == reduced.rgb.size
+
+
+def test_reduced_decode_leaves_other_formats_and_the_pixel_limit_alone() -> None:
+    png = image_bytes(_small_photo("astronaut", 300), "PNG")
+    assert decode_image(png, enough_side=32).rgb.size == (300, 300)  # only JPEG has DCT scaling
+    big = image_bytes(Image.new("RGB", (1200, 1000)), "JPEG")
+    with pytest.raises(ImageRejected, match="decompression_bomb"):
+        decode_image(big, max_pixels=1_000_000, enough_side=32)  # checked on the header's size
 
 
 def test_invalid_orientation_is_ignored() -> None:

@@ -51,6 +51,29 @@ def kill_tree(pid: int) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
+def kill_when(args: list[str], ready, *, kill=kill_tree, env: dict | None = None, timeout: float = 240, poll: float = 0.01) -> None:
+    """Run `python cli.py ARGS` in its own session and `kill(pid)` as soon as `ready()` is true.
+
+    Fails (with the run's output) if the run ended, or `timeout` passed, before the kill; the
+    process group is SIGKILLed on the way out whatever happened.
+    """
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    killed = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                kill(proc.pid)
+                killed = True
+                break
+            time.sleep(poll)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert killed, f"the run ended before the kill could land: {proc.stdout.read().decode()[-2000:]}"
+
+
 def ingest_args(inp: Path, out: Path) -> list[str]:
     return ["ingest", "-c", "pipelines/ingest.yaml", "-i", str(inp), "-o", str(out), "--set", "input.samples_per_shard=3", "--set", "runtime.progress=false", "--set", "runtime.max_in_flight=2"]
 
@@ -62,23 +85,7 @@ def kill_during_a_shard_write(inp: Path, out: Path) -> bool:
     the kill landed between writes. The caller retries that case, so the test always checks a kill
     that cut a write in half.
     """
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *ingest_args(inp, out)], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    killed = False
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            committed = list(out.glob("stats/part-*.json"))
-            writing = list(out.glob("data/*/*.tmp-*"))
-            if len(committed) >= 2 and writing:
-                kill_tree(proc.pid)
-                killed = True
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert killed, f"the run ended before the kill could land: {proc.stdout.read().decode()[-2000:]}"
+    kill_when(ingest_args(inp, out), lambda: len(list(out.glob("stats/part-*.json"))) >= 2 and bool(list(out.glob("data/*/*.tmp-*"))))
     time.sleep(1.0)  # nothing may change after a kill: the checks below read a still folder
     return bool(list(out.glob("data/*/*.tmp-*")))
 

@@ -12,9 +12,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ import pytest
 from tests.conftest import REPO, run_cli
 from tests.s3 import S3Server
 from tests.test_cluster import contents, refs_args
-from tests.test_resume import accepted_and_rejected_ids, ingest_args, kill_tree
+from tests.test_resume import accepted_and_rejected_ids, ingest_args, kill_when
 from weaverdata.io.validate import validate_output
 
 pytestmark = pytest.mark.ray
@@ -118,22 +115,12 @@ def test_sigkill_then_resume_on_s3(s3, tmp_path, photos_dir):
     args[args.index("-i") + 1], args[args.index("-o") + 1] = inp, out
 
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **server.env()}
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    killed = False
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(fs.glob(f"{BUCKET}/resume-out/stats/part-*.json")) >= 2:
-                kill_tree(proc.pid)
-                killed = True
-                break
-            fs.invalidate_cache()
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert killed, f"the run ended before the kill: {proc.stdout.read().decode()[-2000:]}"
+
+    def two_committed() -> bool:
+        fs.invalidate_cache()
+        return len(fs.glob(f"{BUCKET}/resume-out/stats/part-*.json")) >= 2
+
+    kill_when(args, two_committed, env=env, timeout=300, poll=0.05)
     time.sleep(1.0)
     fs.invalidate_cache()
     planned = len(json.loads(fs.cat_file(f"{BUCKET}/resume-out/run.json"))["units"])

@@ -136,6 +136,7 @@ class ClipConfig(Strict):
     gpus_per_replica: float = Field(0.0, ge=0, description="set to 1 (or a fraction) on GPU clusters")
     prep_cpus: float = Field(0.25, gt=0, description="CPUs per decode+transform actor")
     prep_replicas: int = Field(1, ge=1, description="decode+transform actors (raise it when decoding, not the model, is the bottleneck)")
+    threads: int | None = Field(None, ge=1, description="torch threads of each embedding actor on CPU; default: the node's cores shared among the replicas, at least cpus_per_replica (Ray alone would pin an actor to cpus_per_replica threads)")
 
 
 class JobConfig(Strict):

@@ -53,7 +53,7 @@ def prepared_image(data: bytes, max_pixels: int):
     """Bytes -> upright RGB PIL image with at most max_pixels pixels."""
     from weaverdata.media.image import decode_image
 
-    img = decode_image(data, with_phash=False).rgb
+    img = decode_image(data, with_phash=False, enough_pixels=max_pixels).rgb  # JPEGs decode at a reduced DCT scale
     w, h = img.size
     if w * h > max_pixels:
         scale = (max_pixels / (w * h)) ** 0.5

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -209,7 +210,14 @@ class ImageRejected(Exception):
 # decoding
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, with_phash: bool = True) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    with_phash: bool = True,
+    enough_side: int | None = None,
+    enough_pixels: int | None = None,
+) -> DecodedImage:
     """Decode untrusted image bytes into an upright RGB image.
 
     Steps: identify the format from the header (lazily, no pixels), reject images with more than
@@ -225,6 +233,13 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, with_phas
 
     :param data: the original file bytes.
     :param max_pixels: largest accepted ``width * height``.
+    :param enough_side: the caller (a model's preprocessing) needs a shortest side of at most this
+        many pixels. A JPEG is then decoded at the smallest DCT scale (1/2, 1/4 or 1/8, PIL's
+        ``draft``) whose both sides stay at least the size the caller will resize to, which skips
+        most of the decoding work; other formats decode in full. ``width``/``height`` then
+        describe the reduced image. Leave unset wherever the pixels are kept or hashed.
+    :param enough_pixels: the same for a caller that resizes to at most this many pixels (a VLM's
+        ``max_pixels``).
     :raises ImageRejected: for any data that is not a complete, decodable image of a supported
         format; see the module docstring for the reasons. Other exceptions only signal misuse
         (a non-positive ``max_pixels``) or exhausted resources (``MemoryError``).
@@ -260,7 +275,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, with_phas
         fmt = src.format or ""
         mode = src.mode
         ext = _extension(src)
+        needed = draft_size(width, height, enough_side, enough_pixels) if fmt == "JPEG" else None
         try:
+            if needed is not None:
+                src.draft(None, needed)  # only configures the decoder: nothing is decoded yet
             frames = int(getattr(src, "n_frames", 1))  # seeks back to frame 0 afterwards
             src.load()
             if src.width * src.height > max_pixels:  # defence in depth: a size grown by load()
@@ -290,6 +308,28 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, with_phas
         sha256=sha256,
         phash=phash(rgb) if with_phash else "",
     )
+
+
+def draft_size(width: int, height: int, enough_side: int | None, enough_pixels: int | None) -> tuple[int, int] | None:
+    """The smallest (width, height) a reduced decode may give so that a caller needing a shortest
+    side of ``enough_side`` or an area of ``enough_pixels`` loses nothing; None: decode in full.
+
+    >>> draft_size(1000, 800, 224, None)
+    (280, 224)
+    >>> draft_size(1000, 800, None, 50_000)
+    (250, 200)
+    >>> draft_size(200, 100, 224, None) is None
+    True
+    """
+    scales = []
+    if enough_side is not None:
+        scales.append(enough_side / min(width, height))
+    if enough_pixels is not None:
+        scales.append((enough_pixels / (width * height)) ** 0.5)
+    scale = max(scales, default=1.0)
+    if scale >= 0.5:  # no DCT scale (1/2 at the most) would fit
+        return None
+    return (math.ceil(width * scale - 1e-9), math.ceil(height * scale - 1e-9))
 
 
 @functools.cache

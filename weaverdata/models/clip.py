@@ -11,6 +11,8 @@ with random weights for tests and the demo.
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,7 @@ class PrepareClipBatch:
         pixels, errors = [], []
         for data in batch[self.image_column]:
             try:
-                pixels.append(self.transform(decode_image(bytes(data), with_phash=False).rgb).numpy())
+                pixels.append(self.transform(decode_image(bytes(data), with_phash=False, enough_side=self.shape[1]).rgb).numpy())
                 errors.append("")
             except ImageRejected as exc:
                 pixels.append(None)
@@ -139,11 +141,37 @@ def _transform_args(name: str) -> tuple:
     return (size, False, mean, std)
 
 
+def forward_threads(cfg: ClipConfig, cores: int) -> int:
+    """torch threads for one embedding actor on a CPU node with `cores` cores.
+
+    Ray sets OMP_NUM_THREADS to an actor's CPU reservation, so a ViT-B-32 actor reserving 1 CPU
+    ran its forward on one thread at about half the speed of a plain loop (benchmarks/README.md).
+    The forward is nearly all of the stage's work, so it gets the node's cores shared among the
+    replicas (never fewer than it reserves); `clip.threads` sets it outright.
+
+    >>> forward_threads(ClipConfig(), 8), forward_threads(ClipConfig(replicas=3), 8), forward_threads(ClipConfig(threads=1), 8)
+    (8, 2, 1)
+    """
+    if cfg.threads is not None:
+        return cfg.threads
+    return max(1, math.ceil(cfg.cpus_per_replica), cores // cfg.replicas)
+
+
+def node_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which follows cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class ClipImageStage:
     """Accelerator stage: transformed pixels -> unit-norm embeddings (weights loaded once per actor)."""
 
     def __init__(self, cfg: ClipConfig):
         self.embedder = ClipEmbedder(cfg)
+        if self.embedder.device == "cpu":
+            self.embedder.torch.set_num_threads(forward_threads(cfg, node_cores()))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         emb = self.embedder.embed_pixels(np.asarray(batch.pop("pixels"), dtype=np.float32))
