@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from weaverdata.io.layout import OutputLayout
-from weaverdata.io.shards import Media, RecordError, RejectRow, UnitWriter, field_signature, member_names, null_pattern
+from weaverdata.io.shards import Media, binary_view_of, RecordError, RejectRow, UnitWriter, field_signature, member_names, null_pattern
 from weaverdata import schemas
 
 
@@ -166,3 +166,49 @@ def test_composite_writer_counts_inputs_apart_from_samples(tmp_path):
     w.reject(RejectRow("imgA", "a.jpg", "no_group", "group"))
     with pytest.raises(RecordError, match="both used and rejected"):
         w.commit()
+
+
+def test_row_groups_end_at_rows_or_media_bytes_whichever_comes_first(tmp_path):
+    data = jpeg(size=(200, 200))
+    assert len(data) > 1000
+
+    def row_group_sizes(rows: int, nbytes: int) -> list[int]:
+        out = tmp_path / f"{rows}-{nbytes}"
+        w = UnitWriter(OutputLayout.at(str(out)), "00000", "image_record", source="test", row_group_rows=rows, row_group_bytes=nbytes)
+        for i in range(10):
+            w.add(record(i, data), {"image": Media("jpg", data)}, group="images")
+        w.commit()
+        meta = pq.ParquetFile(out / "data/images-jpg/part-00000.parquet").metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+    assert row_group_sizes(4, 2**30) == [4, 4, 2]
+    assert row_group_sizes(256, 3 * len(data)) == [3, 3, 3, 1]  # the 3rd image reaches the byte cap
+    assert row_group_sizes(2, 3 * len(data)) == [2, 2, 2, 2, 2]
+
+
+def test_binary_view_of_keeps_every_value_short_long_and_empty():
+    blobs = [b"", b"x", b"twelve bytes", b"thirteen byte", bytes(range(256)) * 400]
+    arr = binary_view_of(blobs)
+    arr.validate(full=True)
+    assert arr.to_pylist() == blobs
+
+
+def test_parquet_shards_carry_exactly_the_declared_schema(tmp_path):
+    """Single-image columns are written from binary_view arrays; readers still see the declared
+    Arrow schema (plain binary) and its HF features metadata, for both kinds of media column."""
+    data, other = jpeg(size=(64, 64)), jpeg("blue", size=(40, 40))
+    w = UnitWriter(OutputLayout.at(str(tmp_path / "img")), "00000", "image_record", source="test")
+    for i in range(3):
+        w.add(record(i, data), {"image": Media("jpg", data)}, group="images")
+    w.commit()
+    w = UnitWriter(OutputLayout.at(str(tmp_path / "ref")), "00000", "reference_sample", source="t", composite=True)
+    w.add(ref_record("s1", 2), {"target_image": Media("jpg", data), "reference_images": [Media("jpg", other), Media("png", b"p" * 5)]}, group="multi_reference-2ref")
+    w.mark_used(["a"])
+    w.commit()
+    for name, part in [("image_record", "img/data/images-jpg"), ("reference_sample", "ref/data/multi_reference-2ref-*")]:
+        (path,) = (tmp_path).glob(f"{part}/part-00000.parquet")
+        assert pq.read_schema(path).equals(schemas.arrow_schema(name), check_metadata=True), name
+    row = pq.read_table(next(tmp_path.glob("ref/data/*/part-00000.parquet"))).to_pylist()[0]
+    assert row["target_image"] == {"bytes": data, "path": "s1.jpg"}
+    assert [r["bytes"] for r in row["reference_images"]] == [other, b"p" * 5]
+    assert pq.read_table(tmp_path / "img/data/images-jpg/part-00000.parquet").column("image").to_pylist()[1] == {"bytes": data, "path": "s001.jpg"}

@@ -74,7 +74,8 @@ class VideoConfig(Strict):
 class OutputConfig(Strict):
     path: str | None = Field(None, description="output folder (local, s3://, gs://, ...)")
     overwrite: bool = Field(False, description="delete an existing output made with another config instead of refusing")
-    row_group_rows: int = Field(256, ge=1, description="Parquet row group size")
+    row_group_rows: int = Field(256, ge=1, description="Parquet row group size in rows")
+    row_group_bytes: int = Field(16 * 2**20, ge=2**16, description="a Parquet row group also ends once its media (image) bytes reach this")
     validate_records: bool = Field(True, description="check every record against its JSON Schema before writing")
     license: str = Field("other", description="license written into the output's dataset card (README.md); not part of the output's identity")
 

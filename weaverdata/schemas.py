@@ -136,6 +136,12 @@ def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return {**_resolve(target, base), **merged}
 
 
+def _list_of(item: pa.DataType) -> pa.DataType:
+    """A list type whose item is named as Parquet names it ("element"), so a Parquet file read
+    back without a stored Arrow schema has exactly this type."""
+    return pa.list_(pa.field("element", item))
+
+
 def _arrow_type(node: dict[str, Any], root: dict[str, Any], where: str) -> pa.DataType:
     node = _resolve(node, root)
     if "enum" in node:
@@ -155,7 +161,7 @@ def _arrow_type(node: dict[str, Any], root: dict[str, Any], where: str) -> pa.Da
     if types == "boolean":
         return pa.bool_()
     if types == "array":
-        return pa.list_(_arrow_type(node["items"], root, where + "[]"))
+        return _list_of(_arrow_type(node["items"], root, where + "[]"))
     if types == "object":
         props = node.get("properties")
         if props:
@@ -178,7 +184,7 @@ def arrow_schema(name: str) -> pa.Schema:
         for key, node in root["properties"].items()
     ]
     for media in media_fields(name):
-        typ = IMAGE_STRUCT if media.kind == "image" else pa.list_(IMAGE_STRUCT)
+        typ = IMAGE_STRUCT if media.kind == "image" else _list_of(IMAGE_STRUCT)
         fields.append(pa.field(media.name, typ))
     schema = pa.schema(fields)
     return schema.with_metadata({b"huggingface": json.dumps(_hf_features(name, schema)).encode()})

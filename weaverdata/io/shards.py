@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,6 +38,10 @@ GROUP_NAME = re.compile(r"^[a-z0-9_-]+$")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _BUFFER = 8 * 2**20
+ROW_GROUP_BYTES = 16 * 2**20
+"""A Parquet row group ends at `row_group_rows` rows or this many media bytes, whichever comes
+first: it bounds the writer's memory whatever the image size, and HF's datasets / dataset
+viewer read image Parquet in row groups of about this size."""
 log = logging.getLogger(__name__)
 
 
@@ -122,15 +127,30 @@ def null_pattern(value: Any, path: str = "") -> frozenset[str]:
     a field null there and set later (or an empty list then a full one) makes loading fail. So
     every sample of a group must have the same pattern: the writer and `validate` check it.
     """
+    found: set[str] = set()
+    _collect_nulls(value, path, found)
+    return frozenset(found)
+
+
+def _collect_nulls(value: Any, path: str, found: set[str]) -> None:
+    # paths are built only for nulls and containers: a record is mostly scalars
     if value is None:
-        return frozenset([path])
-    if isinstance(value, dict):
-        return frozenset().union(*(null_pattern(v, f"{path}/{k}") for k, v in value.items()))
-    if isinstance(value, list):
+        found.add(path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if v is None:
+                found.add(f"{path}/{k}")
+            elif isinstance(v, (dict, list)):
+                _collect_nulls(v, f"{path}/{k}", found)
+    elif isinstance(value, list):
+        inner = path + "[]"
         if not value:
-            return frozenset([path + "[]"])
-        return frozenset().union(*(null_pattern(v, path + "[]") for v in value))
-    return frozenset()
+            found.add(inner)
+        for v in value:
+            if v is None:
+                found.add(inner)
+            elif isinstance(v, (dict, list)):
+                _collect_nulls(v, inner, found)
 
 
 def field_signature(members: list[tuple[str, Media]]) -> str:
@@ -141,6 +161,48 @@ def field_signature(members: list[tuple[str, Media]]) -> str:
     if len(set(exts)) == 1:
         return exts[0] if len(exts) == 1 else f"{len(exts)}{exts[0]}"
     return "-".join(exts)
+
+
+_VIEW_INLINE = 12  # Arrow's binary_view keeps values of up to 12 bytes inside the view itself
+
+
+def binary_view_of(blobs: list[bytes]) -> pa.Array:
+    """A binary_view array over the given bytes objects without copying them: each value of more
+    than 12 bytes stays in its own (Python-owned) buffer and the view points at it.
+
+    The Parquet writer encodes it like a binary column, so the image bytes are copied once (into
+    the Parquet pages) instead of twice (first into one contiguous Arrow buffer).
+    """
+    n = len(blobs)
+    views = np.zeros((n, 16), dtype=np.uint8)
+    ints = views.view(np.int32)  # (n, 4): length, prefix, buffer index, offset
+    buffers = []
+    for i, b in enumerate(blobs):
+        size = len(b)
+        ints[i, 0] = size
+        if size <= _VIEW_INLINE:
+            views[i, 4 : 4 + size] = np.frombuffer(b, dtype=np.uint8)
+        else:
+            views[i, 4:8] = np.frombuffer(b[:4], dtype=np.uint8)
+            ints[i, 2] = len(buffers)
+            buffers.append(pa.py_buffer(b))
+    return pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views), *buffers])
+
+
+def _with_views(typ: pa.DataType) -> pa.DataType:
+    """The same type with binary leaves as binary_view (the in-memory form of media columns)."""
+    if pa.types.is_binary(typ):
+        return pa.binary_view()
+    if pa.types.is_struct(typ):
+        return pa.struct([f.with_type(_with_views(f.type)) for f in typ])
+    return typ
+
+
+def _media_struct(values: list[dict[str, Any]], typ: pa.StructType) -> pa.StructArray:
+    """{"bytes", "path"} dicts -> the struct column (binary_view bytes: not copied)."""
+    blobs = [v["bytes"] for v in values]
+    data = binary_view_of(blobs) if pa.types.is_binary_view(typ.field("bytes").type) else pa.array(blobs, pa.binary())
+    return pa.StructArray.from_arrays([data, pa.array([v["path"] for v in values], pa.string())], fields=list(typ))
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
@@ -180,12 +242,13 @@ def _writev_all(fd: int, chunks: list[bytes], total: int) -> None:
 class _GroupShard:
     """Tar + Parquet of one group of one unit, open for appending."""
 
-    def __init__(self, layout: OutputLayout, group: str, unit: str, schema_name: str, row_group_rows: int):
+    def __init__(self, layout: OutputLayout, group: str, unit: str, schema_name: str, row_group_rows: int, row_group_bytes: int):
         self.layout = layout
         self.loc = layout.loc
         self.group = group
         self.schema = schemas.arrow_schema(schema_name)
         self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
         self.final_tar = layout.shard(group, unit, "tar")
         self.final_parquet = layout.shard(group, unit, "parquet")
         token = uuid.uuid4().hex[:8]
@@ -201,20 +264,31 @@ class _GroupShard:
         else:
             self._tar = self.loc.open(self.tar_path, "wb")
             self._parquet_file = self.loc.open(self.parquet_path, "wb")
-        media = {m.name for m in schemas.media_fields(schema_name)}
-        plain = [n for n in self.schema.names if n not in media]
+        self.media = {m.name: m.kind for m in schemas.media_fields(schema_name)}
+        plain = [n for n in self.schema.names if n not in self.media]
+        self.plain_schema = pa.schema([self.schema.field(n) for n in plain])
+        # media columns are handed over as binary_view (see binary_view_of); without a stored
+        # Arrow schema every reader sees the Parquet types, i.e. plain binary, exactly the
+        # declared schema (tests/test_writer.py checks), and the schema's metadata (HF features)
+        # goes in as the file's key-value metadata
+        # (single images only: pyarrow 26's Parquet writer cannot slice a binary_view inside a list)
+        self.write_schema = pa.schema([f.with_type(_with_views(f.type)) if self.media.get(f.name) == "image" else f for f in self.schema])
         self._parquet = pq.ParquetWriter(
             self._parquet_file,
-            self.schema,
+            self.write_schema,
             # image bytes are already compressed: store them as they are, zstd the rest
-            compression={path: ("none" if path.split(".")[0] in media else "zstd") for path in _leaf_paths(self.schema)},
+            compression={path: ("none" if path.split(".")[0] in self.media else "zstd") for path in _leaf_paths(self.schema)},
             use_dictionary=plain,
             write_statistics=plain,
+            store_schema=False,
         )
+        if self.schema.metadata:
+            self._parquet.add_key_value_metadata(self.schema.metadata)
         self._chunks: list[bytes] = []  # tar bytes not yet written, written with one gather call
         self._pending = 0
         self.null_pattern: frozenset[str] | None = None
         self._rows: list[dict[str, Any]] = []
+        self._row_bytes = 0  # media bytes in self._rows
         self.samples = 0
         self.tar_bytes = 0
 
@@ -230,10 +304,11 @@ class _GroupShard:
         self._member(f"{record['id']}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
         for name, media in members:
             self._member(name, media.data)
+            self._row_bytes += len(media.data)
         if self._pending >= _BUFFER or len(self._chunks) > 900:
             self._flush_tar()
         self._rows.append(row)
-        if len(self._rows) >= self.row_group_rows:
+        if len(self._rows) >= self.row_group_rows or self._row_bytes >= self.row_group_bytes:
             self._flush_rows()
         self.samples += 1
 
@@ -258,8 +333,25 @@ class _GroupShard:
 
     def _flush_rows(self) -> None:
         if self._rows:
-            self._parquet.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
-            self._rows = []
+            self._parquet.write_table(self._table(self._rows))
+            self._rows, self._row_bytes = [], 0
+
+    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """Rows -> a table of `write_schema`: plain fields converted by Arrow, media built from
+        the bytes objects without copying them."""
+        plain = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in self.media} for r in rows], schema=self.plain_schema)
+        columns = {name: plain.column(name) for name in plain.column_names}
+        for name, kind in self.media.items():
+            typ = self.write_schema.field(name).type
+            if kind == "image":
+                columns[name] = _media_struct([r[name] for r in rows], typ)
+            else:
+                lists = [r[name] for r in rows]
+                offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+                np.cumsum([len(x) for x in lists], out=offsets[1:])
+                items = _media_struct([v for x in lists for v in x], typ.value_type)
+                columns[name] = pa.ListArray.from_arrays(pa.array(offsets), items, type=typ)
+        return pa.Table.from_arrays([columns[f.name] for f in self.write_schema], schema=self.write_schema)
 
     def close(self) -> dict[str, Any]:
         """Finish both files and give them their final names; return the stats entry."""
@@ -309,6 +401,7 @@ class UnitWriter:
     schema_name: str
     source: str
     row_group_rows: int = 256
+    row_group_bytes: int = ROW_GROUP_BYTES
     validate_records: bool = True
     composite: bool = False
     """False: one input makes one sample (inputs = samples + rejects). True: a sample is made of
@@ -352,7 +445,7 @@ class UnitWriter:
         shard = self._shards.get(full_group)
         if shard is None:
             shard = self._shards[full_group] = _GroupShard(
-                self.layout, full_group, self.unit, self.schema_name, self.row_group_rows
+                self.layout, full_group, self.unit, self.schema_name, self.row_group_rows, self.row_group_bytes
             )
         row = dict(record)
         for mf in self._media_fields:

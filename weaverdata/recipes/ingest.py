@@ -63,7 +63,7 @@ def process_unit(unit: WorkUnit, cfg: IngestConfig) -> dict[str, Any]:
         unit.unit,
         SCHEMA,
         source=unit.describe(),
-        row_group_rows=cfg.output.row_group_rows,
+        row_group_rows=cfg.output.row_group_rows, row_group_bytes=cfg.output.row_group_bytes,
         validate_records=cfg.output.validate_records,
     )
     try:
