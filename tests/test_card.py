@@ -46,36 +46,37 @@ def _load(out: Path, tmp_path: Path, config: str | None = None):
     return load_dataset(str(out), config, cache_dir=str(tmp_path / "hf-cache"))
 
 
-@pytest.mark.ray
-def test_load_dataset_on_a_build_refs_output(refs_shards, tmp_path):
-    summary = json.loads((refs_shards / "summary.json").read_text())
-    ds = _load(refs_shards, tmp_path)
+def _loaded_as_its_summary_says(out: Path, tmp_path: Path):
+    """load_dataset on an output folder: one train split of the summary's samples, and a rejects
+    config of its rejected inputs; returns (summary, train, rejects)."""
+    summary = json.loads((out / "summary.json").read_text())
+    ds = _load(out, tmp_path)
     assert list(ds) == ["train"]
     train = ds["train"]
     assert train.num_rows == summary["samples"] > 0
+    rejects = _load(out, tmp_path, "rejects")["train"]
+    assert rejects.num_rows == summary["rejected"]
+    return summary, train, rejects
+
+
+@pytest.mark.ray
+def test_load_dataset_on_a_build_refs_output(refs_shards, tmp_path):
+    summary, train, rejects = _loaded_as_its_summary_says(refs_shards, tmp_path)
     assert isinstance(train.features["target_image"], Image)
     assert isinstance(train.features["reference_images"], List) and isinstance(train.features["reference_images"].feature, Image)
     tasks = {t: train["task"].count(t) for t in set(train["task"])}
     assert tasks == summary["details"]["samples_by_task"]
     row = train[0]
     assert row["target_image"].size == (row["target"]["width"], row["target"]["height"])
-    rejects = _load(refs_shards, tmp_path, "rejects")["train"]
-    assert rejects.num_rows == summary["rejected"]
     assert set(rejects["reason"]) == set(summary["rejected_by_reason"])
 
 
 @pytest.mark.ray
 def test_load_dataset_on_a_build_proxy_output(proxy_shards, tmp_path):
-    summary = json.loads((proxy_shards / "summary.json").read_text())
-    ds = _load(proxy_shards, tmp_path)
-    assert list(ds) == ["train"]
-    train = ds["train"]
-    assert train.num_rows == summary["samples"] > 0
+    _, train, _ = _loaded_as_its_summary_says(proxy_shards, tmp_path)
     assert isinstance(train.features["input_images"], List) and isinstance(train.features["input_images"].feature, Image)
     row = train[0]
     assert row["messages"] and row["messages"][-1]["role"] == "assistant"
     assert "<BOI>" in row["messages"][-1]["content"] or any("<BOI>" in m["content"] for m in row["messages"])
-    rejects = _load(proxy_shards, tmp_path, "rejects")["train"]
-    assert rejects.num_rows == summary["rejected"]
     card = (proxy_shards / "README.md").read_text()
     assert "2603.25706" in card and "2503.01115" in card

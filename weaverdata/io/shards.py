@@ -339,7 +339,7 @@ class _GroupShard:
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         """Rows -> a table of `write_schema`: plain fields converted by Arrow, media built from
         the bytes objects without copying them."""
-        plain = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in self.media} for r in rows], schema=self.plain_schema)
+        plain = pa.Table.from_pylist(rows, schema=self.plain_schema)  # takes only the schema's keys
         columns = {name: plain.column(name) for name in plain.column_names}
         for name, kind in self.media.items():
             typ = self.write_schema.field(name).type
