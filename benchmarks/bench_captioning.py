@@ -233,7 +233,11 @@ def timed_backend_class():
                     return out
 
                 if self.processor_overrides:
-                    config = config.model_copy(update=self.processor_overrides)
+                    update = dict(self.processor_overrides)
+                    if "engine_env" in update:  # extra environment variables of the engine actor, merged
+                        env = {**((config.runtime_env or {}).get("env_vars") or {}), **update.pop("engine_env")}
+                        update["runtime_env"] = {**(config.runtime_env or {}), "env_vars": env}
+                    config = config.model_copy(update=update)
                 return original(config, preprocess=preprocess, postprocess=post, **kwargs)
 
             rdl.build_processor = build  # VLLMBackend.processor imports it at call time
@@ -382,10 +386,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--engine-kwargs", default=json.dumps(DEFAULT_ENGINE_KWARGS), help="extra vLLM engine arguments, both sides (JSON)")
     ap.add_argument("--variants", default="[{}]", help="JSON list of EngineConfig overrides for the weaverdata side (batch_size, max_pending_requests, prep_cpus, cpus_per_replica, ...); "
-                    'a "_processor" key sets ray.data.llm processor fields weaverdata does not expose (experiments), e.g. {"_processor": {"max_tasks_in_flight_per_actor": 8}}; '
+                    'a "_processor" key sets ray.data.llm processor fields weaverdata does not expose (experiments), e.g. {"_processor": {"max_tasks_in_flight_per_actor": 8}}; {"_processor": {"engine_env": {"GOMP_SPINCOUNT": "1000"}}} adds environment variables to the engine actor (experiments); '
                     '{"_processor": {"max_pending_requests": N}} is mapped onto the EngineConfig field')
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bare-mp", action="store_true", help="also time the bare engine in vLLM's multiprocess layout (engine core in a child process, OMP_NUM_THREADS=1): the layout weaverdata's actor runs; informative")
+    ap.add_argument("--bare-default", action="store_true", help="also time the bare engine in vLLM's default layout (VLLM_ENABLE_V1_MULTIPROCESSING=1: engine core in a child process, OpenMP threads left to vLLM and torch); informative")
     ap.add_argument("--bare-1thread", action="store_true", help="also time the bare engine with OMP_NUM_THREADS=1 (what the engine core gets inside weaverdata's 1-CPU actor); informative")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (images, caches, subprocess log)")
     ap.add_argument("--results", default=str(RESULTS), help=f"results file (default results/{RESULTS.name})")
@@ -446,6 +451,10 @@ def main(argv=None) -> int:
         if args.bare_mp:
             print("bare vLLM, multiprocess engine core, OMP_NUM_THREADS=1 (informative) ...", flush=True)
             baremp = run_role("bare", spec_path, log, {"OMP_NUM_THREADS": "1", "BENCH_BARE_MP": "1"})
+        baredef = None
+        if args.bare_default:
+            print("bare vLLM, vLLM's default multiprocess layout (informative) ...", flush=True)
+            baredef = run_role("bare", spec_path, log, {"BENCH_BARE_MP": "1"})
         load_end = os.getloadavg()
     finally:
         if args.keep:
@@ -460,6 +469,7 @@ def main(argv=None) -> int:
     bare_incl = args.images / (bare_start + bare_chat_s)
     bare1t_ips = med([r["images_per_s"] for r in bare1t["runs"]]) if bare1t else None
     baremp_ips = med([r["images_per_s"] for r in baremp["runs"]]) if baremp else None
+    baredef_ips = med([r["images_per_s"] for r in baredef["runs"]]) if baredef else None
     rows = []
     for v in wd["variants"]:
         runs = v["runs"]
@@ -478,6 +488,7 @@ def main(argv=None) -> int:
                 "steady_ratios_per_repeat": [round(r["steady_images_per_s"] / bare_ips, 3) for r in runs],
                 "ratio_steady_vs_bare_1thread": round(steady / bare1t_ips, 3) if bare1t_ips else None,
                 "ratio_steady_vs_bare_mp": round(steady / baremp_ips, 3) if baremp_ips else None,
+                "ratio_steady_vs_bare_default_layout": round(steady / baredef_ips, 3) if baredef_ips else None,
             }
         )
 
@@ -489,13 +500,17 @@ def main(argv=None) -> int:
     if baremp:
         print(f"bare vLLM LLM.chat, multiprocess core, OMP_NUM_THREADS=1: {baremp_ips:.2f} images/s; engine start "
               f"{baremp['import_seconds'] + baremp['init_seconds']:.1f} s (informative)")
+    if baredef:
+        print(f"bare vLLM LLM.chat, vLLM's default multiprocess layout: {baredef_ips:.2f} images/s (median of {len(baredef['runs'])} runs: "
+              + ", ".join(f"{r['images_per_s']:.1f}" for r in baredef["runs"]) + "; informative)")
     print(f"weaverdata warm-up run ({args.warmup_images} images): {wd['warmup']['seconds']:.1f} s; Ray connect {wd['connect_seconds']:.1f} s")
     print(f"\n{'variant':<40} {'steady/s':>9} {'ratio':>6} {'total/s':>8} {'ratio+start':>11} {'to engine s':>11}")
     for r in rows:
         print(f"{json.dumps(r['overrides']) or '{}':<40} {r['steady_images_per_s']:>9.2f} {r['ratio_steady']:>6.3f} "
               f"{r['total_images_per_s']:>8.3f} {r['ratio_including_engine_start']:>11.3f} {r['median_to_first_engine_arrival_seconds']:>11.1f}"
               + (f"   (vs 1-thread bare: {r['ratio_steady_vs_bare_1thread']:.3f})" if bare1t_ips else "")
-              + (f"   (vs multiprocess 1-thread bare: {r['ratio_steady_vs_bare_mp']:.3f})" if baremp_ips else ""))
+              + (f"   (vs multiprocess 1-thread bare: {r['ratio_steady_vs_bare_mp']:.3f})" if baremp_ips else "")
+              + (f"   (vs default-layout bare: {r['ratio_steady_vs_bare_default_layout']:.3f})" if baredef_ips else ""))
     print(f"(target ratio >= 0.9; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end)")
 
     if not args.no_save:
@@ -524,6 +539,8 @@ def main(argv=None) -> int:
                 "omp_1_thread_median_images_per_s": round(bare1t_ips, 3) if bare1t_ips else None,
                 "multiprocess_omp_1_thread": baremp,
                 "multiprocess_omp_1_thread_median_images_per_s": round(baremp_ips, 3) if baremp_ips else None,
+                "default_layout": baredef,
+                "default_layout_median_images_per_s": round(baredef_ips, 3) if baredef_ips else None,
             },
             "weaverdata": {"summary": rows, "raw": wd},
         }

@@ -98,3 +98,19 @@ def test_a_rerun_is_served_from_the_cache(vllm_run):
 
     again = Captioner(cfg, cache_url=cache, backend=NoEngine()).run(requests)
     assert {k: v.text for k, v in again.items()} == {k: v.text for k, v in results.items()}
+
+
+def test_the_engine_core_gets_its_share_of_the_cores_not_rays_one_thread_pin(tiny_models, ray_local):
+    """Ray would set OMP_NUM_THREADS=1 in a 1-CPU actor and vLLM's engine core inherits it; the
+    engine actor's environment sets it to the node's cores less one (at least 1), or engine.threads."""
+    from weaverdata.engines.requests import sampling_for
+    from weaverdata.engines.vllm_backend import VLLMBackend, _node_cpus, engine_threads
+    from weaverdata.models.clip import node_cores
+
+    cores = min(4, node_cores())  # ray_local declares 4 logical CPUs on this one machine
+    assert _node_cpus() == [cores]
+    cfg = engine_cfg(tiny_models["vlm"])
+    env = VLLMBackend(cfg).processor(sampling_for(cfg, 0)).config.runtime_env["env_vars"]
+    assert env["OMP_NUM_THREADS"] == str(max(1, cores - 1)) == str(engine_threads(cfg, [cores]))
+    pinned = cfg.model_copy(update={"threads": 3})
+    assert VLLMBackend(pinned).processor(sampling_for(pinned, 0)).config.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "3"

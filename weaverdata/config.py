@@ -117,6 +117,7 @@ class EngineConfig(Strict):
     prep_cpus: float = Field(0.25, gt=0, description="CPUs per image-preparation task")
     max_pixels: int = Field(448 * 448, ge=28 * 28, description="images are downsized to at most this many pixels before the engine (bounds vision tokens)")
     dtype: str = "auto"
+    threads: int | None = Field(None, ge=1, description="OpenMP threads of each vLLM engine on CPU (vllm backend); default: an engine's share of a node's cores less one (for the vLLM frontend and the feeding stages), at least cpus_per_replica (Ray alone would pin the engine to cpus_per_replica threads)")
     max_pending_requests: int | None = Field(None, ge=1, description="requests admitted into each engine ahead of the running ones (vllm backend); None: 8 x batch_size")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

@@ -94,6 +94,51 @@ class PrepareChat:
         return out
 
 
+def engine_threads(cfg: EngineConfig, node_cpus: list[float]) -> int:
+    """OpenMP threads for each CPU engine replica, given the CPU counts of the cluster's nodes.
+
+    Ray sets OMP_NUM_THREADS to an actor's CPU reservation and vLLM's engine core (a child
+    process of the actor) inherits it, so a replica reserving 1 CPU steps the model on one
+    thread whatever the node has. Reserving more CPUs is no cure: it takes them from the stages
+    that feed the engine. Each engine gets its share of the smallest node's cores instead, less
+    one core for its actor (vLLM's frontend: input processing, detokenisation) and the stages
+    feeding it, never fewer than it reserves. On 2 cores that is one thread: a second OpenMP
+    thread there competes with the frontend and was slower (benchmarks/README.md).
+    `engine.threads` sets it outright.
+
+    >>> engine_threads(EngineConfig(), [2.0]), engine_threads(EngineConfig(), [16.0]), engine_threads(EngineConfig(replicas=4), [8.0, 8.0])
+    (1, 15, 3)
+    >>> engine_threads(EngineConfig(cpus_per_replica=3, replicas=4), [8.0]), engine_threads(EngineConfig(threads=2), [2.0])
+    (3, 2)
+    """
+    import math
+
+    if cfg.threads is not None:
+        return cfg.threads
+    reserved = max(1, math.ceil(cfg.cpus_per_replica))
+    cpus = [c for c in node_cpus if c >= 1]
+    if not cpus:
+        return reserved
+    per_node = math.ceil(cfg.replicas / len(cpus))
+    return max(reserved, int(min(cpus)) // per_node - 1)
+
+
+def _node_cpus() -> list[float]:
+    """CPUs of each alive node; a node on this machine counts no more than this machine's cores
+    (weaverdata's local Ray declares at least 4 logical CPUs, more than a laptop may have)."""
+    import ray
+    from ray.util import get_node_ip_address
+
+    from weaverdata.models.clip import node_cores
+
+    here = get_node_ip_address()
+    return [
+        min(n["Resources"].get("CPU", 0.0), node_cores()) if n.get("NodeManagerAddress") in (here, "127.0.0.1") else n["Resources"].get("CPU", 0.0)
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -133,7 +178,9 @@ class VLLMBackend:
         extra: dict[str, Any] = {}
         if not gpu:
             extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}]}
-            extra["runtime_env"] = {"env_vars": {**VLLM_CPU_ENV, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+            threads = str(engine_threads(cfg, _node_cpus()))
+            log.info("vLLM on CPU: %s OpenMP threads per engine replica", threads)
+            extra["runtime_env"] = {"env_vars": {**VLLM_CPU_ENV, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
         config = vLLMEngineProcessorConfig(
             model_source=cfg.model,
             engine_kwargs=engine_kwargs,
