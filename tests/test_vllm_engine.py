@@ -105,7 +105,7 @@ def test_the_engine_core_gets_its_share_of_the_cores_not_rays_one_thread_pin(tin
     engine actor's environment sets it to the node's cores less one (at least 1), or engine.threads."""
     from weaverdata.engines.requests import sampling_for
     from weaverdata.engines.vllm_backend import VLLMBackend, _node_cpus, engine_threads
-    from weaverdata.models.clip import node_cores
+    from weaverdata.runtime import node_cores
 
     cores = min(4, node_cores())  # ray_local declares 4 logical CPUs on this one machine
     assert _node_cpus() == [cores]

@@ -26,6 +26,14 @@ class RuntimeError_(RuntimeError):
     """The cluster cannot run the job (unreachable, or too small for what a stage asks)."""
 
 
+def node_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which follows cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def connect(cfg: RuntimeConfig) -> dict[str, Any]:
     """Join `cfg.ray_address` (or RAY_ADDRESS), or start a local Ray fitted to this machine."""
     import ray

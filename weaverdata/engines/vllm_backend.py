@@ -129,7 +129,7 @@ def _node_cpus() -> list[float]:
     import ray
     from ray.util import get_node_ip_address
 
-    from weaverdata.models.clip import node_cores
+    from weaverdata.runtime import node_cores
 
     here = get_node_ip_address()
     return [

@@ -24,7 +24,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,9 @@ import pyarrow.parquet as pq
 
 from weaverdata import schemas
 from weaverdata.io.layout import OutputLayout
+
+if TYPE_CHECKING:
+    from weaverdata.config import OutputConfig
 
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 GROUP_NAME = re.compile(r"^[a-z0-9_-]+$")
@@ -413,6 +416,20 @@ class UnitWriter:
     _rejects: list[RejectRow] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
     _started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def for_output(cls, layout: OutputLayout, unit: str, schema_name: str, source: str, output: OutputConfig, composite: bool = False) -> UnitWriter:
+        """A writer with the row-group and validation settings of the recipe's `output` config."""
+        return cls(
+            layout,
+            unit,
+            schema_name,
+            source=source,
+            row_group_rows=output.row_group_rows,
+            row_group_bytes=output.row_group_bytes,
+            validate_records=output.validate_records,
+            composite=composite,
+        )
 
     def __post_init__(self) -> None:
         self._media_fields = schemas.media_fields(self.schema_name)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from weaverdata.config import ClipConfig
+from weaverdata.runtime import node_cores
 
 
 def _device_and_dtype(cfg: ClipConfig):
@@ -155,14 +155,6 @@ def forward_threads(cfg: ClipConfig, cores: int) -> int:
     if cfg.threads is not None:
         return cfg.threads
     return max(1, math.ceil(cfg.cpus_per_replica), cores // cfg.replicas)
-
-
-def node_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which follows cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class ClipImageStage:

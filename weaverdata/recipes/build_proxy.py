@@ -660,7 +660,7 @@ def process_unit(unit: WorkUnit, cfg: ProxyConfig) -> dict[str, Any]:
     layout = OutputLayout(Location.of(cfg.output.path))
     plan = read_plan(layout, unit)
     media_of = read_prep_media(layout, unit.unit, {i for s in plan["samples"] for i in s["input_images"]})
-    writer = UnitWriter(layout, unit.unit, SCHEMA, source=unit.describe(), row_group_rows=cfg.output.row_group_rows, row_group_bytes=cfg.output.row_group_bytes, validate_records=cfg.output.validate_records, composite=True)
+    writer = UnitWriter.for_output(layout, unit.unit, SCHEMA, unit.describe(), cfg.output, composite=True)
     try:
         for s in plan["samples"]:
             rec = s["record"]

@@ -483,7 +483,7 @@ def process_unit(unit: WorkUnit, cfg: RefsConfig) -> dict[str, Any]:
     media_of: dict[str, Media] = {}
     for src_unit, ids in wanted.items():
         media_of.update(read_prep_media(layout, src_unit, ids))
-    writer = UnitWriter(layout, unit.unit, SCHEMA, source=unit.describe(), row_group_rows=cfg.output.row_group_rows, row_group_bytes=cfg.output.row_group_bytes, validate_records=cfg.output.validate_records, composite=True)
+    writer = UnitWriter.for_output(layout, unit.unit, SCHEMA, unit.describe(), cfg.output, composite=True)
     try:
         for s in plan["samples"]:
             ids = [image_id for _, image_id in s["media"]]

@@ -58,14 +58,7 @@ def image_record(item: SourceItem, cfg: IngestConfig) -> tuple[dict[str, Any], M
 def process_unit(unit: WorkUnit, cfg: IngestConfig) -> dict[str, Any]:
     """Read, check and write one unit, then commit it (stats file last)."""
     layout = OutputLayout(Location.of(cfg.output.path))
-    writer = UnitWriter(
-        layout,
-        unit.unit,
-        SCHEMA,
-        source=unit.describe(),
-        row_group_rows=cfg.output.row_group_rows, row_group_bytes=cfg.output.row_group_bytes,
-        validate_records=cfg.output.validate_records,
-    )
+    writer = UnitWriter.for_output(layout, unit.unit, SCHEMA, unit.describe(), cfg.output)
     try:
         for item in read_unit(unit, cfg.input, cfg.video):
             if not item.error and "row" in item.payload:
