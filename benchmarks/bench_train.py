@@ -23,10 +23,51 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.report import command_line, emit, now
+
 RESULTS = Path(__file__).parent / "results" / "train.json"
+LOADER_TARGET = 1.0  # the loader alone at least as fast as the model step: the loader is not the bottleneck
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """The summary block of a results file of this benchmark: per trainer, one measurement of
+    `steps` batches. Rows: loader samples/s / step samples/s (= step seconds / loader seconds of
+    the same batches; target 1: the loader alone outruns the model step) and overlapped / step
+    only (the Prefetcher loop against the step alone; informative).
+
+    Files from before the benchmark recorded its command and date (`measured_at`, no `command`)
+    get a command rebuilt from what they recorded (steps and data folders), marked as such.
+    """
+    from benchmarks.summary import summary_row
+
+    date = result.get("date") or result["measured_at"]
+    command = result.get("command")
+    if command is None:
+        steps = sorted({r["steps"] for r in result["runs"]})
+        if len(steps) != 1:
+            raise ValueError(f"runs with different steps {steps}: cannot rebuild the command")
+        data = result["data"]
+        command = (
+            f"python -m benchmarks.bench_train --steps {steps[0]} --proxy {data['proxy']} --refs {data['refs']}"
+            "  # rebuilt from the steps and data folders the file records; it recorded no command"
+        )
+    rows = []
+    for r in result["runs"]:
+        rows.append(
+            summary_row(
+                "train", f"{r['trainer']}, {r['samples']} samples in {r['steps']} batches: loader alone / model step alone",
+                "samples/s ratio, loader / step", [r["step_s"]], [r["loader_s"]], LOADER_TARGET, date=date, command=command,
+            )
+        )
+        rows.append(
+            summary_row(
+                "train", f"{r['trainer']}: training loop with the Prefetcher thread / model step alone",
+                "samples/s ratio, overlapped / step", [r["step_s"]], [r["overlapped_s"]], None, date=date, command=command,
+            )
+        )
+    return rows
 
 
 def build_data(work: Path) -> tuple[str, str]:
@@ -50,12 +91,12 @@ def build_data(work: Path) -> tuple[str, str]:
 def measure(trainer: str, data: str, steps: int, work: Path) -> dict:
     import torch
 
-    from weaverdata.io.storage import Location
-    from weaverdata.train.data import DataPosition, SampleStream, ShardReader, build_index, list_shards, split_eval
-    from weaverdata.train.loop import Ranks, make_task
     from weaverdata.config import load_config
     from weaverdata.demo import PIPELINES
+    from weaverdata.io.storage import Location
     from weaverdata.train.config import PlannerTrainConfig, VisualizerTrainConfig
+    from weaverdata.train.data import DataPosition, SampleStream, ShardReader, build_index, list_shards, split_eval
+    from weaverdata.train.loop import Ranks, make_task
 
     model = PlannerTrainConfig if trainer == "planner" else VisualizerTrainConfig
     cfg = load_config(model, PIPELINES / f"train-{trainer}.yaml", {"data.path": data, "output": str(work / trainer), "data.shard_cache": 1})
@@ -126,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--proxy", default=None, help="an existing build-proxy output")
     ap.add_argument("--refs", default=None, help="an existing build-refs output")
-    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default results/{RESULTS.name})")
+    ap.add_argument("--no-save", action="store_true", help="do not write the results file")
     args = ap.parse_args(argv)
     os.environ.setdefault("WEAVERDATA_CACHE", str(Path(".cache").resolve()))
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -138,8 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure("planner", proxy, args.steps, work), measure("visualizer", refs, args.steps, work)]
     for r in rows:
         print(f"{r['trainer']:10s} loader {r['loader_samples_per_s']:8.1f} samples/s   step {r['step_samples_per_s']:8.1f} samples/s   loader/step {r['ratio_loader_over_step']:.2f}   overlapped/step {r['ratio_overlapped_over_step']:.2f}")
+    result = {
+        "benchmark": "trainer data feeding vs model steps, one rank (loader alone, step alone, overlapped)",
+        "command": command_line("bench_train", argv),
+        "date": now(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "data": {"proxy": proxy, "refs": refs},
+        "runs": rows,
+    }
+    result["summary"] = summary_rows(result)
+    emit(result["summary"])
     if not args.no_save:
-        RESULTS.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "load_before": load_before, "load_after": os.getloadavg(), "data": {"proxy": proxy, "refs": refs}, "runs": rows}, indent=1) + "\n")
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.results}")
     return 0
 
 

@@ -7,8 +7,8 @@ Workload (built in memory before anything is timed): N distinct real-photo JPEGs
 made from scikit-image's bundled photos by random crops, resizes and JPEG qualities (fixed seed),
 and their `image_record` records (sha256 and phash computed for real, a short caption).
 
-Timed variants, each writing into a fresh temporary folder on the same disk, with the order
-alternated between repeats (forward, reversed, ...) and the median reported:
+Timed variants, each writing into a fresh temporary folder on the same disk (deleted, and the
+disk synced, after each run), with the order alternated between repeats (forward, reversed, ...):
 
   tarfile            `tarfile.open(path, "w")` + `addfile(TarInfo, BytesIO)` for `<id>.json` and
                      `<id>.jpg` (the json bytes are the writer's own serialisation, precomputed)
@@ -16,15 +16,47 @@ alternated between repeats (forward, reversed, ...) and the median reported:
                      for every sample, then `commit()`: tar + Parquet + rejects + stats file,
                      with `validate_records` True and False
   writer tar path    what `_GroupShard` does for the tar only (json.dumps, `tar_header`, data
-                     and padding gathered and written with `os.writev` every 8 MiB, end blocks),
+                     and padding gathered every 8 MiB and written with `os.writev` in calls of
+                     at most `shards.WRITE_MAX` = 1 MiB, end blocks),
                      without Parquet, validation or stats: isolates the tar part of the writer
                      cheaply (optional figure)
 
 MB/s = payload bytes (sum of image + json bytes, 10**6 bytes per MB) / wall seconds from the
 first call (opening/constructing the writer) to every file closed (no fsync of the shards; the
-writer's own commit does fsync its small rejects/stats files, and that is counted).
+writer's own commit does fsync its small rejects/stats files, and that is counted). Per repeat
+the user and system CPU seconds and minor page faults of the call are recorded too (getrusage).
+
+Memory state (`--memory`). Every run writes its output into the page cache: 218 MB for `tarfile`,
+about twice that for the writer (tar + Parquet), and deleting the output frees it again. On a VM
+with free page reporting (virtio-balloon, as on the 2-vCPU Firecracker VM of benchmarks/README.md)
+free blocks of 2 MiB and more are handed back to the host about 2 s after they are freed, and the
+first write into a handed-back page costs a host page fault. Linux takes 2 MiB blocks for the
+page cache of writes of 2 MiB and more, which the writer made until 2026-12-03 (8 MiB tar
+batches, 16 MiB Parquet pages) and `tarfile` never makes (16 KiB writes); its runs were slow
+whenever they found fewer 2 MiB blocks freed within the last 2 s than they needed, which
+depended on the order of the variants. The writer now writes below 2 MiB per call
+(`shards.WRITE_MAX`, `shards.PARQUET_MEDIA_CHUNK`). To check that a result does not depend on
+the memory state:
+
+  none    (default) the runs simply follow each other
+  twin    an untimed run of the same variant right before each timed run: the timed run writes
+          into memory its twin has just freed
+  settle  before each timed run, wait until free page reporting has handed everything freed so
+          far back to the host (its counter still for 2.5 s; at most --settle-max s): every run
+          writes into fresh memory, the worst case on such a VM
+
+Per run, the MiB handed back to the host during the timed call are recorded where the kernel
+exposes the counter (/sys/module/page_reporting/parameters/reported_kib).
+
+Reported per variant against `tarfile` (the "summary" block, `summary_rows`): the median (ratio
+of the median MB/s), the mean (ratio of the mean MB/s: mean tarfile seconds / mean variant
+seconds) and the spread (min-max) of the per-repeat ratios. The target, writer_validate >= 0.8
+(and writer_novalidate >= 0.8), is met only if the median and the mean both reach it.
 
     cd /work/main && .venv/bin/python -m benchmarks.bench_writer [--samples 2000] [--repeats 5]
+    .venv/bin/python -m benchmarks.bench_writer --no-save            # print only
+    .venv/bin/python -m benchmarks.bench_writer --results /tmp/w.json
+    .venv/bin/python -m benchmarks.bench_writer --memory settle --results /tmp/w-fresh.json
     .venv/bin/python -m benchmarks.bench_writer --profile   # cProfile of one writer run
 """
 
@@ -39,6 +71,7 @@ import json
 import os
 import platform
 import pstats
+import resource
 import shutil
 import statistics
 import sys
@@ -46,13 +79,13 @@ import tarfile
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from benchmarks.report import command_line, emit, now
 from weaverdata import schemas
 from weaverdata.io import shards
 from weaverdata.io.layout import OutputLayout
@@ -60,6 +93,8 @@ from weaverdata.io.shards import Media, UnitWriter
 from weaverdata.media.image import phash
 
 RESULTS = Path(__file__).resolve().parent / "results" / "writer.json"
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
+MEMORY_MODES = ("none", "twin", "settle")
 MIN_BYTES, MAX_BYTES = 50_000, 200_000
 WORDS = (
     "a photo of the person cat cup coffee rocket launch galaxy stars tissue stain eye retina "
@@ -216,14 +251,50 @@ VARIANTS = {
 }
 
 
-def timed(fn, samples, members, parent: str) -> tuple[float, float]:
-    """(wall seconds as measured by `fn`, CPU seconds of this process over the same call)."""
+def reported_mib() -> float | None:
+    """MiB of free memory the kernel has handed back to the hypervisor since boot (free page
+    reporting), or None where the kernel has no such counter."""
+    try:
+        return int(REPORTED_KIB.read_text()) / 1024
+    except (OSError, ValueError):
+        return None
+
+
+def settle(max_seconds: float, still: float = 2.5) -> float:
+    """Wait until free page reporting has handed back what was freed so far: its counter has not
+    moved for `still` seconds (it reports every ~2 s while freed memory is pending), or
+    `max_seconds` have passed. Without the counter, wait `still` seconds. Returns the wait."""
+    t0 = time.monotonic()
+    last, since = reported_mib(), time.monotonic()
+    if last is None:
+        time.sleep(still)
+        return time.monotonic() - t0
+    while time.monotonic() - since < still and time.monotonic() - t0 < max_seconds:
+        time.sleep(0.05)
+        now_mib = reported_mib()
+        if now_mib != last:
+            last, since = now_mib, time.monotonic()
+    return time.monotonic() - t0
+
+
+def timed(fn, samples, members, parent: str) -> dict:
+    """Wall seconds as measured by `fn`; this process's CPU seconds (all, user, system) and minor
+    page faults over the same call; MiB handed back to the host meanwhile (None: no counter)."""
     folder = tempfile.mkdtemp(prefix="bench-", dir=parent)
     try:
         gc.collect()
         cpu = time.process_time()
+        r0, rep0 = resource.getrusage(resource.RUSAGE_SELF), reported_mib()
         wall = fn(folder, samples, members)
-        return wall, time.process_time() - cpu
+        r1, rep1 = resource.getrusage(resource.RUSAGE_SELF), reported_mib()
+        return {
+            "wall": wall,
+            "cpu": time.process_time() - cpu,
+            "user": r1.ru_utime - r0.ru_utime,
+            "system": r1.ru_stime - r0.ru_stime,
+            "minflt": r1.ru_minflt - r0.ru_minflt,
+            "reported_mib": None if rep0 is None or rep1 is None else rep1 - rep0,
+        }
     finally:
         # untimed: delete the output and let the disk settle (dirty pages, journal, discards of
         # the deleted blocks) so that one run's writeback does not land in the next run's time
@@ -266,6 +337,39 @@ def profile_writer(samples, parent: str, validate: bool, top: int = 25) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+TARGET = 0.8  # writer MB/s / tarfile MB/s, median and mean (validate_records True and False)
+METRIC = "MB/s ratio"
+ROWS = (  # variant, row name, target
+    ("writer_validate", "shard writer (tar + Parquet + stats), validate_records=True, vs plain tarfile", TARGET),
+    ("writer_novalidate", "shard writer (tar + Parquet + stats), validate_records=False, vs plain tarfile", TARGET),
+    ("writer_tar_path", "writer's tar path alone (no Parquet, no validation, no stats) vs plain tarfile", None),
+)
+
+
+MEMORY_NOTE = {  # row name suffix per memory state (`--memory`)
+    "none": "",
+    "twin": "; each run right after an untimed run of the same variant",
+    "settle": "; every run into fresh memory (free page reporting settled before each run)",
+}
+LEGACY_NOTE = "; runs simply following each other (memory state not controlled)"  # files without "procedure" (before 2026-12-03)
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """The summary block of a results file of this benchmark, from its per-repeat seconds: per
+    variant, the MB/s ratio against `tarfile` of the same repeats (median, mean, spread; target
+    0.8 for the two writer rows, none for the tar path alone). The row names say the memory
+    state of the runs unless it is the default (`--memory none`); files from before the writer
+    wrote below 2 MiB per call (no "procedure") say that the state was not controlled."""
+    from benchmarks.summary import summary_row
+
+    note = MEMORY_NOTE[result["procedure"]["memory"]] if "procedure" in result else LEGACY_NOTE
+    base = result["results"]["tarfile"]["seconds"]
+    return [
+        summary_row("writer", name + note, METRIC, base, result["results"][variant]["seconds"], target, date=result["date"], command=result["command"])
+        for variant, name, target in ROWS
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=2000, help="number of JPEG samples (default 2000)")
@@ -273,8 +377,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="parent folder of the temporary outputs (default: system temp)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of one writer run per mode")
-    ap.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.name}")
+    ap.add_argument(
+        "--memory", choices=MEMORY_MODES, default="none",
+        help="memory state each timed run meets: none (default; runs simply follow each other), twin (an untimed run "
+        "of the same variant just before), settle (wait until freed memory is handed back to the host: fresh memory)",
+    )
+    ap.add_argument("--settle-max", type=float, default=30.0, help="--memory settle: longest wait before a run, s (default 30)")
+    ap.add_argument("--results", default=str(RESULTS), help=f"results file to write (default {RESULTS})")
+    ap.add_argument("--no-save", action="store_true", help="do not write the results file")
     args = ap.parse_args(argv)
+    command = command_line("bench_writer", argv)
+    load_before = os.getloadavg()
 
     parent = args.tmp or tempfile.gettempdir()
     t = time.perf_counter()
@@ -300,75 +413,105 @@ def main(argv=None) -> int:
         timed(fn, few, few_members, parent)
     check_outputs_match(few, few_members, parent)
 
+    date = now()
+    print(f"memory state: {args.memory}; load average {' '.join(f'{x:.2f}' for x in load_before)}")
     names = list(VARIANTS)
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
+    runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            wall, used = timed(VARIANTS[name], samples, members, parent)
-            seconds[name].append(wall)
-            cpu[name].append(used)
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {seconds[n][-1]:.3f} s" for n in names))
+            if args.memory == "twin":
+                timed(VARIANTS[name], samples, members, parent)
+            elif args.memory == "settle":
+                settle(args.settle_max)
+            runs[name].append(timed(VARIANTS[name], samples, members, parent))
+        print(
+            f"repeat {r + 1}/{args.repeats}: "
+            + ", ".join(f"{n} {runs[n][-1]['wall']:.3f} s (sys {runs[n][-1]['system']:.3f})" for n in names)
+        )
+    load_after = os.getloadavg()
 
-    mbps = {n: [payload / 1e6 / s for s in seconds[n]] for n in names}
-    median_mbps = {n: statistics.median(v) for n, v in mbps.items()}
+    seconds = {n: [round(x["wall"], 4) for x in runs[n]] for n in names}
     results = {}
     for n in names:
-        paired = [w / b for w, b in zip(mbps[n], mbps["tarfile"])]
+        mbps = [payload / 1e6 / s for s in seconds[n]]
+        paired = [b / s for b, s in zip(seconds["tarfile"], seconds[n])]
         results[n] = {
-            "seconds": [round(s, 4) for s in seconds[n]],
-            "cpu_seconds": [round(s, 4) for s in cpu[n]],
+            "seconds": seconds[n],
+            "cpu_seconds": [round(x["cpu"], 4) for x in runs[n]],
+            "user_seconds": [round(x["user"], 4) for x in runs[n]],
+            "system_seconds": [round(x["system"], 4) for x in runs[n]],
+            "minor_faults": [x["minflt"] for x in runs[n]],
+            "reported_to_host_mib": [None if x["reported_mib"] is None else round(x["reported_mib"]) for x in runs[n]],
             "median_seconds": round(statistics.median(seconds[n]), 4),
+            "mean_seconds": round(statistics.fmean(seconds[n]), 4),
             "best_seconds": round(min(seconds[n]), 4),
-            "median_mb_per_s": round(median_mbps[n], 1),
-            "ratio_of_medians": round(median_mbps[n] / median_mbps["tarfile"], 3),
+            "median_mb_per_s": round(statistics.median(mbps), 1),
+            "mean_mb_per_s": round(payload / 1e6 / statistics.fmean(seconds[n]), 1),
+            "ratio_of_medians": round(statistics.median(mbps) / statistics.median([payload / 1e6 / s for s in seconds["tarfile"]]), 3),
+            "ratio_of_means": round(statistics.fmean(seconds["tarfile"]) / statistics.fmean(seconds[n]), 3),
             "median_paired_ratio": round(statistics.median(paired), 3),
+            "min_paired_ratio": round(min(paired), 3),
+            "max_paired_ratio": round(max(paired), 3),
             "best_ratio": round(min(seconds["tarfile"]) / min(seconds[n]), 3),
             "paired_ratios": [round(p, 3) for p in paired],
         }
 
-    print(f"\n{'variant':<20} {'median s':>9} {'MB/s':>8} {'ratio':>7} {'paired':>7} {'best':>7}   (target ratio >= 0.8)")
+    out = {
+        "benchmark": "shard writer vs plain tarfile (same bytes, same run)",
+        "command": command,
+        "date": date,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "pyarrow": pa.__version__,
+            "arrow_memory_pool": pa.default_memory_pool().backend_name,
+            "tmp_dir": parent,
+            "load_average_at_start": list(load_before),
+            "load_average_at_end": list(load_after),
+        },
+        "workload": {
+            "samples": len(samples),
+            "seed": args.seed,
+            "image_bytes": image_bytes,
+            "json_bytes": payload - image_bytes,
+            "payload_bytes": payload,
+            "jpeg_kb_min_median_max": [min(sizes) // 1000, int(statistics.median(sizes)) // 1000, max(sizes) // 1000],
+        },
+        "procedure": {
+            "memory": args.memory,
+            "settle_max_seconds": args.settle_max if args.memory == "settle" else None,
+            "order": "alternating: forward on even repeats, reversed on odd ones",
+        },
+        "mb": "10**6 bytes of payload (image + json member bytes)",
+        "target": {"variant": "writer_validate", "ratio_at_least": TARGET, "on": "median and mean"},
+        "results": results,
+    }
+    out["summary"] = summary_rows(out)
+
+    print(
+        f"\n{'variant':<18} {'median s':>9} {'mean s':>8} {'min-max s':>13} {'sys s (med)':>11} "
+        f"{'median':>7} {'mean':>7} {'spread':>13}   (ratios: MB/s / tarfile MB/s; target >= {TARGET} on median and mean)"
+    )
+    by_variant = {variant: row for (variant, _, _), row in zip(ROWS, out["summary"])}
     for n in names:
         r = results[n]
+        row = by_variant.get(n)
+        ratios = f"{row['median']:>7.3f} {row['mean']:>7.3f} {row['min']:>6.3f}-{row['max']:<6.3f}" if row else f"{1:>7.3f} {1:>7.3f} {'':>13}"
         print(
-            f"{n:<20} {r['median_seconds']:>9.3f} {r['median_mb_per_s']:>8.1f} "
-            f"{r['ratio_of_medians']:>7.3f} {r['median_paired_ratio']:>7.3f} {r['best_ratio']:>7.3f}"
+            f"{n:<18} {r['median_seconds']:>9.3f} {r['mean_seconds']:>8.3f} "
+            f"{min(r['seconds']):>6.3f}-{max(r['seconds']):<6.3f} {statistics.median(r['system_seconds']):>11.3f} {ratios}"
         )
-    print(
-        "ratio = median MB/s / median tarfile MB/s (the headline); paired = median of per-repeat "
-        "ratios; best = fastest tarfile run / fastest run (least disturbed by other load)"
-    )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in load_before)} at the start, {' '.join(f'{x:.2f}' for x in load_after)} at the end")
+    emit(out["summary"])
 
     if not args.no_save:
-        out = {
-            "benchmark": "shard writer vs plain tarfile (same bytes, same run)",
-            "command": f"python -m benchmarks.bench_writer --samples {args.samples} --repeats {args.repeats}",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "cpu": _cpu_model(),
-                "platform": platform.platform(),
-                "python": sys.version.split()[0],
-                "pyarrow": pa.__version__,
-                "tmp_dir": parent,
-                "load_average_at_end": list(os.getloadavg()),
-            },
-            "workload": {
-                "samples": len(samples),
-                "seed": args.seed,
-                "image_bytes": image_bytes,
-                "json_bytes": payload - image_bytes,
-                "payload_bytes": payload,
-                "jpeg_kb_min_median_max": [min(sizes) // 1000, int(statistics.median(sizes)) // 1000, max(sizes) // 1000],
-            },
-            "mb": "10**6 bytes of payload (image + json member bytes)",
-            "target": {"variant": "writer_validate", "ratio_at_least": 0.8},
-            "results": results,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        path = Path(args.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
 
     if args.profile:
         for validate in (True, False):

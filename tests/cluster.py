@@ -8,9 +8,9 @@ machine (`ray stop` would kill every one).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,9 +90,9 @@ class LocalCluster:
         raise RuntimeError(f"cluster at {self.address}: {seen} of {n} nodes alive after {timeout} s")
 
     def processes(self):
-        import psutil
-
         import re
+
+        import psutil
 
         ours = re.compile(rf"(gcs[-_]address=\S+:|gcs[-_]server[-_]port=|address=\S+:){self.port}\b")
         mine = []

@@ -1,8 +1,9 @@
 """`weaverdata build-refs` end to end, through the CLI, on real videos and photos, with the real
-engines on tiny RANDOM-WEIGHT models (open_clip through Ray Data, the VLM through vLLM's
-ray.data.llm): samples never pair frames of two shots, every input is in a sample or in the
-rejects with a reason, outputs pass `weaverdata validate` and load with HF `datasets`, and a
-resumed run writes the same samples without paying for inference again.
+engines on tiny RANDOM-WEIGHT models (open_clip through Ray Data, the VLM through the job's vLLM
+engines, started once): samples never pair frames of two shots, every input is in a sample or in
+the rejects with a reason, every text names the model and prompt that wrote it (`generated_by`,
+in the Parquet and in the tar JSON), outputs pass `weaverdata validate` and load with HF
+`datasets`, and a resumed run writes the same samples without paying for inference again.
 
 The models have random weights, so the text is gibberish and the CLIP scores carry no meaning;
 the settings below fit them (they would be wrong for a real model): generations stop at the
@@ -13,9 +14,12 @@ CLIP's cosines are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -24,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import cli_sets, run_cli, skimage_photo_files
+from tests.conftest import REPO, cli_sets, run_cli, skimage_photo_files
 from weaverdata.demo import tiny_model_overrides
 
 pytestmark = [pytest.mark.ray]
@@ -87,8 +91,44 @@ def _shot(frame: int, cuts: list[int]) -> int:
 def _samples(out: Path) -> list[dict]:
     rows = []
     for p in sorted(out.glob("data/*/*.parquet")):
-        rows += pq.read_table(p, columns=["id", "task", "target", "references", "instruction", "description", "dynamics", "provenance"]).to_pylist()
+        rows += pq.read_table(p, columns=["id", "task", "target", "references", "instruction", "description", "dynamics", "generated_by", "provenance"]).to_pylist()
     return rows
+
+
+def _tar_records(out: Path) -> dict[str, dict]:
+    """The JSON member of every sample in the WebDataset shards, by key."""
+    records = {}
+    for p in sorted(out.glob("data/*/*.tar")):
+        with tarfile.open(p) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    records[m.name.removesuffix(".json")] = json.loads(tar.extractfile(m).read())
+    return records
+
+
+PROMPT_FILES = {"description": "dense_description", "instruction": "instruction", "dynamics": "dynamics"}  # the configs' default prompts
+
+
+def _generated_texts(out: Path, model: str | None) -> Counter:
+    """Check that every sample, in its Parquet row and in its tar JSON, names for each non-empty
+    text the configured model (revision unpinned: "") and the sha256 of the prompt file that wrote
+    it, and null for each empty text; returns the number of non-empty texts per field."""
+    want = {
+        field: {"model": model, "revision": "", "prompt_sha256": hashlib.sha256((REPO / "pipelines" / "prompts" / f"{name}.txt").read_bytes()).hexdigest()}
+        for field, name in PROMPT_FILES.items()
+    }
+    rows = {s["id"]: s for s in _samples(out)}
+    records = _tar_records(out)
+    assert rows and set(records) == set(rows)
+    counts: Counter = Counter()
+    for sid, record in records.items():
+        for where, sample in (("tar", record), ("parquet", rows[sid])):
+            assert set(sample["generated_by"]) == set(want), (where, sid)
+            for field in want:
+                expected = want[field] if sample[field] else None
+                assert sample["generated_by"][field] == expected, (where, sid, field, sample["generated_by"][field])
+        counts.update(field for field in want if record[field])
+    return counts
 
 
 def _rejects(out: Path) -> list[dict]:
@@ -150,6 +190,21 @@ def test_video_samples_carry_text_and_the_scores_they_were_kept_on(video_run):
             assert r["phash_distance"] > band["phash_min"]
 
 
+def test_video_samples_name_the_model_and_prompt_of_each_text(video_run, tiny_models):
+    out, _, summary = video_run
+    n = summary["samples"]
+    assert _generated_texts(out, str(tiny_models["vlm"])) == {"description": n, "instruction": n, "dynamics": n}
+
+
+def test_text_is_written_on_one_engine_start_per_job(video_run, collection_run):
+    """Every unit's text task (descriptions, instructions, dynamics, their retries) goes through
+    the job's engines, started once."""
+    for summary in (video_run[2], collection_run[1]):
+        d = summary["details"]
+        assert d["engine_starts"] == 1 and 0 < d["engine_busy_fraction"] <= 1, d
+        assert d["text_units"] == summary["units"]["planned"] and d["captioning"]["generated"] > 0
+
+
 def test_video_output_validates_and_loads_with_hf_datasets(video_run):
     import datasets
 
@@ -167,17 +222,20 @@ def test_video_output_validates_and_loads_with_hf_datasets(video_run):
         assert row["target_image"].size[0] > 0 and len(row["reference_images"]) == len(row["references"])
 
 
-def test_video_resume_rewrites_the_same_samples_from_the_caches(video_run):
+def test_video_resume_rewrites_the_same_samples_from_the_caches(video_run, tiny_models):
     out, args, first = video_run
     before = sorted(s["id"] for s in _samples(out))
-    # forget the second unit as a killed run would (its marker and shards), then rerun
-    for p in [*out.glob("data/*/part-00001.*"), out / "stats" / "part-00001.json", out / "rejects" / "part-00001.parquet"]:
+    # forget the second unit as a run killed in its text task would (its drafts, its marker and
+    # shards; its finished results are in its caption cache), then rerun
+    for p in [*out.glob("data/*/part-00001.*"), out / "stats" / "part-00001.json", out / "rejects" / "part-00001.parquet", out / "work" / "drafts" / "part-00001.parquet"]:
         p.unlink()
     proc = run_cli(*args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(proc.stdout)
     assert again["units"]["resumed"] == 1
     assert sorted(s["id"] for s in _samples(out)) == before
+    n = again["samples"]  # texts from the cache name the same model and prompts
+    assert _generated_texts(out, str(tiny_models["vlm"])) == {"description": n, "instruction": n, "dynamics": n}
     cap = again["details"]["captioning"]
     assert cap["requests"] > 0 and cap["cached"] == cap["requests"] and cap["generated"] == 0
 
@@ -241,6 +299,13 @@ def test_collection_groups_follow_the_band_and_the_target_rule(collection_run):
             assert band["low"] <= r["clip_cosine"] <= band["high"]
             assert r["phash_distance"] > band["phash_min"]
             assert r["sha256"] != s["target"]["sha256"]
+
+
+def test_collection_samples_name_the_model_and_prompt_of_each_text(collection_run, tiny_models):
+    out, summary = collection_run
+    tasks = summary["details"]["samples_by_task"]
+    # text-to-image samples have a description only; dynamics is for videos
+    assert _generated_texts(out, str(tiny_models["vlm"])) == {"description": summary["samples"], "instruction": summary["samples"] - tasks["text_to_image"]}
 
 
 def test_collection_hard_negatives_are_unique_pairs_below_the_band(collection_run):
@@ -315,6 +380,7 @@ def test_documents_group_images_inside_each_document_only(documents, tmp_path, t
         members = [s["target"]["source"], *(r["source"] for r in s["references"])]
         assert len({docs_of(m) for m in members}) == 1, members
         assert s["provenance"]["kind"] == "document" and s["description"] == s["instruction"] == ""
+    assert _generated_texts(out, None) == {}  # text off: nothing generated, every entry null
     reasons = {r["source"]: r["reason"] for r in rejects}
     assert "invalid_json" in reasons.values()
     assert any(r == "no_group" and "#image=1" in src for src, r in reasons.items())  # the cat alone in its document

@@ -9,7 +9,7 @@ from PIL import Image
 from tests.conftest import skimage_photo_files
 from weaverdata.config import ClipConfig
 from weaverdata.media.image import decode_image
-from weaverdata.models.clip import ClipEmbedder, ClipImageStage, build_tiny_clip, forward_threads, node_cores, embed_dataset, read_embeddings, write_embeddings
+from weaverdata.models.clip import ClipEmbedder, ClipImageStage, build_tiny_clip, embed_dataset, forward_threads, node_cores, read_embeddings, write_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -50,3 +50,15 @@ def test_identity_ignores_paths_and_runtime_but_not_content():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config(IngestConfig, "/nope.yaml")
+
+
+@pytest.mark.parametrize("model, path, command", [("proxy", "pipelines/proxy-single-image.yaml", "build-proxy"), ("refs", "pipelines/refs-collection.yaml", "build-refs")])
+def test_staged_recipes_refuse_a_serving_mode_they_do_not_have(model, path, command):
+    """build-refs and build-proxy run their text on the job's engine pool: a config asking for a
+    ray.data.llm processor per round fails at load, naming the setting, instead of being ignored."""
+    from weaverdata.config import ProxyConfig, RefsConfig
+
+    cls = {"proxy": ProxyConfig, "refs": RefsConfig}[model]
+    with pytest.raises(ConfigError, match=rf"{command} runs its text on the job's engines: engine.serving must be 'pool'"):
+        load_config(cls, path, {"engine.model": "m", "engine.serving": "ray_data_llm"})
+    assert load_config(cls, path, {"engine.model": "m"}).engine.serving == "pool"

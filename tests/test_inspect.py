@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+from weaverdata.io.storage import Location
 from weaverdata.report.build import Thumbs, proxy_card, refs_card
 from weaverdata.report.plots import bins_for, histogram_counts, histogram_svg
-from weaverdata.io.storage import Location
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]

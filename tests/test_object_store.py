@@ -12,12 +12,12 @@ import fsspec
 import pytest
 from PIL import Image
 
+from tests.test_writer import record
 from weaverdata.config import InputConfig
 from weaverdata.io.layout import OutputLayout
 from weaverdata.io.shards import Media, UnitWriter
 from weaverdata.io.sources import plan_units, read_unit
 from weaverdata.io.validate import validate_output
-from tests.test_writer import record
 
 
 @pytest.fixture

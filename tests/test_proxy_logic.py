@@ -32,7 +32,7 @@ def test_proxy_round_trips_through_segments():
 def test_custom_tags():
     tags = Tags("<img_desc>", "</img_desc>", "<start_of_image>")
     text = f"Look: {tags.proxy(DESC)}"
-    assert check_proxies(text, tags).ok and not check_proxies(text).ok is False  # default tags see no proxy: fine text
+    assert check_proxies(text, tags).ok and check_proxies(text).ok is not False  # default tags see no proxy: fine text
     assert segments(text, tags)[1] == Segment("proxy", DESC)
 
 

@@ -1,6 +1,7 @@
 """build-proxy's document logic with a deterministic scripted engine (replies fixed here): where
 proxies go, how requests are built, weaving order, refinement, validation and repair, and the
-three target shapes. No Ray, no model: `TextRound` runs the real Captioner on a scripted backend."""
+three target shapes. No Ray, no model: `TextRound` runs the real Captioner on a scripted backend;
+the sources' per-unit functions are called as a unit's text task calls them."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import pytest
 from PIL import Image
 
 from weaverdata.config import ProxyConfig
+from weaverdata.engines.captioner import Captioner
 from weaverdata.engines.requests import RawGeneration
-from weaverdata.io.layout import OutputLayout
 from weaverdata.proxy.format import Tags, check_proxies, segments
-from weaverdata.recipes import build_proxy as bp
+from weaverdata.proxy.rounds import TextRound, finish
+from weaverdata.recipes.proxy.documents import plan_documents, same_subject_links
+from weaverdata.recipes.proxy.image_group import group_indices, plan_groups
+from weaverdata.recipes.proxy.single_image import plan_single_images
+from weaverdata.recipes.proxy.text_seed import plan_seeds
 
 T = Tags()
 
@@ -64,7 +69,7 @@ def cfg(tmp_path):
 
 
 def rounds(cfg, reply):
-    return bp.TextRound(cfg, OutputLayout.at(cfg.output.path), backend=Scripted(reply))
+    return TextRound(cfg, Captioner(cfg.engine, cache_url=None, backend=Scripted(reply)))
 
 
 def test_single_image_shapes_requests_and_answer(cfg):
@@ -82,10 +87,10 @@ def test_single_image_shapes_requests_and_answer(cfg):
         return "Here it is. " + T.proxy(desc)
 
     r = rounds(cfg, reply)
-    drafts, failed = bp.plan_single_images(images, cfg, r)
+    drafts, failed = plan_single_images(images, cfg, r)
     assert not failed and len(drafts) == 30
     assert [len(x) for x in r.log] == [60, sum(1 for d in drafts if d.expected == 1 and "Here it is" in d.assistant)]
-    recs, failed2, _ = bp.finish(drafts, cfg.model_copy(update={"dedup": False}), T)
+    recs, failed2, _ = finish(drafts, cfg.model_copy(update={"dedup": False}), T)
     shapes = {rec["record"]["shape"] for rec in recs}
     assert shapes == {"text", "proxy", "text_proxy"}
     for rec in recs:
@@ -112,8 +117,10 @@ def test_groups_are_woven_in_order_then_refined(cfg):
         return woven.replace("Once.", "Refined once.") if req.task == "refinement" else woven
 
     r = rounds(cfg, reply)
-    drafts, failed = bp.plan_groups(images, emb, cfg, r)
-    assert set(failed) == {"img2", "img4"} and all(v[0] == "no_group" for v in failed.values())
+    groups = group_indices(emb, cfg)
+    assert groups == [[0, 1, 3]]  # img2 and img4 are in no group (the driver rejects them no_group)
+    drafts, failed = plan_groups(images, groups, cfg, r)
+    assert not failed
     (d,) = drafts
     assert d.inputs == ["img0", "img1", "img3"]  # input order
     assert [t.task for t in r.log[1]] == ["narrative"] and [t.task for t in r.log[2]] == ["refinement"]
@@ -138,8 +145,8 @@ def test_a_weave_that_breaks_the_format_is_rejected_and_a_certain_slip_repaired(
             return "A. " + " B. ".join(f"{T.open}{d}{T.close}" for d in descs)
         return f"A. {T.open}{descs[0]} and never closed"  # unbalanced: rejected
 
-    drafts, failed = bp.plan_groups(images, emb, cfg, rounds(cfg, reply))
-    recs, failed2, repairs = bp.finish(drafts, cfg, T)
+    drafts, failed = plan_groups(images, group_indices(emb, cfg), cfg, rounds(cfg, reply))
+    recs, failed2, repairs = finish(drafts, cfg, T)
     assert len(recs) == 1 and repairs == {"missing_boi": 1}
     assert check_proxies(recs[0]["record"]["messages"][1]["content"], expected=2).ok
     assert {k: v[0] for k, v in failed2.items()} == {"img2": "proxy_unbalanced", "img3": "proxy_unbalanced"}
@@ -157,7 +164,9 @@ def test_documents_place_proxies_and_describe_a_repeated_subject_consistently(cf
         return desc_for(req)
 
     r = rounds(cfg, reply)
-    drafts, failed = bp.plan_documents(doc_rows, {"doc1": ims}, emb_of, cfg, r)
+    first_of = same_subject_links({"doc1": ["d0", "d1"]}, emb_of, cfg.documents.same_subject_cosine)
+    assert first_of == {"d1": "d0"}
+    drafts, failed = plan_documents(doc_rows, {"doc1": ims}, first_of, cfg, r)
     assert not failed and [len(x) for x in r.log] == [1, 1]  # round 2 waits for the first description
     assert "Text before the image: Opening words about red." in prompts["d0:description"]
     assert desc_for(type("R", (), {"id": "d0:x"})) in prompts["d1:description"]  # the earlier description is in the prompt
@@ -165,7 +174,7 @@ def test_documents_place_proxies_and_describe_a_repeated_subject_consistently(cf
     assert [s.kind for s in segments(full.assistant)] == ["text", "proxy", "text", "proxy", "text"]
     assert full.user.startswith("Red things Opening words")
     assert cut.assistant.endswith(T.boi) and [s.kind for s in segments(cut.assistant)] == ["text", "proxy"]
-    recs, _, _ = bp.finish(drafts, cfg.model_copy(update={"dedup": False}), T)
+    recs, _, _ = finish(drafts, cfg.model_copy(update={"dedup": False}), T)
     assert sorted(rec["record"]["shape"] for rec in recs) == ["text", "text_proxy"]
 
 
@@ -178,7 +187,7 @@ def test_text_seeds_accept_one_to_max_proxies(cfg):
         assert req.regex and "Topic" in user_text(req)
         return replies[req.id.split(":")[0]]
 
-    drafts, failed = bp.plan_seeds(seeds, cfg, rounds(cfg, reply))
-    recs, failed2, _ = bp.finish(drafts, cfg.model_copy(update={"dedup": False}), T)
+    drafts, failed = plan_seeds(seeds, cfg, rounds(cfg, reply))
+    recs, failed2, _ = finish(drafts, cfg.model_copy(update={"dedup": False}), T)
     assert [rec["record"]["messages"][0]["content"] for rec in recs] == ["Topic 0"]
     assert not failed and {k: v[0] for k, v in failed2.items()} == {"s1": "proxy_count", "s2": "proxy_count"}

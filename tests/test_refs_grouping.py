@@ -148,6 +148,37 @@ def test_repeated_cliques_equal_the_global_procedure():
             assert all(b in adj[a] for a, b in itertools.combinations(g, 2))
 
 
+def fresh_search_each_time(adj, min_size, max_size):
+    """The procedure as the module doc defines it: a fresh maximum-clique search of the whole
+    remaining graph for every group (no carried cap, no resumed position)."""
+    alive = set(range(len(adj)))
+    groups = []
+    while True:
+        c = max_clique(adj, alive, max_size)
+        if len(c) < min_size:
+            return sorted(groups, key=lambda g: (-len(g), g))
+        groups.append(c)
+        alive -= set(c)
+
+
+def test_repeated_cliques_on_larger_graphs_equal_a_fresh_search_each_time():
+    """The search of each next group starts from what the last one proved (its size caps the
+    next, and the next of the same size starts after its first node): the same groups as
+    searching the whole remaining graph afresh, on graphs too large for brute force, with
+    planted cliques of every size overlapping each other."""
+    rnd = random.Random(7)
+    for _ in range(40):
+        n = rnd.randint(20, 120)
+        adj = random_graph(rnd, n, rnd.uniform(0.01, 0.12))
+        for _ in range(rnd.randint(0, n // 4)):  # planted cliques
+            members = rnd.sample(range(n), rnd.randint(2, 9))
+            for a, b in itertools.combinations(members, 2):
+                adj[a].add(b)
+                adj[b].add(a)
+        lo, hi = rnd.randint(1, 3), rnd.randint(3, 7)
+        assert repeated_max_cliques_graph(adj, lo, hi) == fresh_search_each_time(adj, lo, hi)
+
+
 def test_a_clique_larger_than_max_size_is_split_lowest_indices_first():
     adj = [set(range(9)) - {i} for i in range(9)]
     assert repeated_max_cliques_graph(adj) == [[0, 1, 2, 3, 4, 5], [6, 7, 8]]

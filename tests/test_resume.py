@@ -131,3 +131,80 @@ def test_resume_into_a_folder_made_with_another_config_is_refused(big_input, tmp
     assert summary["config"]["image"]["max_pixels"] == 1000
     assert summary["rejected_by_reason"].get("decompression_bomb", 0) > 50  # every real photo is above 1000 px
     assert validate_output(str(out)).ok
+
+
+# -- build-refs: SIGKILL during captioning ------------------------------------------------------------
+
+
+def refs_args(inp: Path, out: Path, tiny_models) -> list[str]:
+    from tests.conftest import cli_sets
+    from weaverdata.demo import tiny_model_overrides
+
+    # engine.max_num_seqs 1: the engine answers one request at a time, so a unit's text task spends
+    # seconds, not milliseconds, between its first cached results and its drafts (the window the
+    # kill must land in; with a batch of 32 the tiny model answers a unit's phase in ~10 ms)
+    sets = {**tiny_model_overrides(tiny_models), "engine.max_num_seqs": 1, "input.samples_per_shard": 25, "grouping.edge_threshold": 0.99, "band.low": 0.9,
+            "band.high": 0.9995, "runtime.progress": False, "runtime.task_cpus": 0.5}
+    return ["build-refs", "-c", "pipelines/refs-collection.yaml", "-i", str(inp), "-o", str(out), "--json", *cli_sets(sets)]
+
+
+def cache_keys(out: Path) -> dict[str, list[str]]:
+    """The keys in each unit's caption cache (every file of it), as written."""
+    return {d.name: [k for f in sorted(d.glob("part-*.parquet")) for k in pq.read_table(f, columns=["key"]).column("key").to_pylist()]
+            for d in sorted((out / "work" / "captions").glob("unit=*"))}
+
+
+def records(out: Path) -> dict[str, dict]:
+    rows = {}
+    for p in sorted(out.glob("data/*/*.parquet")):
+        t = pq.read_table(p)
+        rows.update((r["id"], r) for r in t.drop_columns([c for c in t.column_names if c.endswith(("_image", "_images"))]).to_pylist())
+    return rows
+
+
+@pytest.mark.slow
+def test_build_refs_killed_during_captioning_resumes_exactly_once(big_input, tmp_path, tiny_models):
+    """SIGKILL while the text stage has cached some results and not all units have drafts:
+    the rerun asks only for what was not finished (no key is generated twice), and writes what a
+    run that found every answer in the cache writes."""
+    out = tmp_path / "killed"
+
+    def cached_without_drafts() -> set[str]:
+        """Units whose text task has cached results but has not written its drafts."""
+        return {d.name.removeprefix("unit=") for d in out.glob("work/captions/unit=*")
+                if list(d.glob("part-*.parquet")) and not (out / "work" / "drafts" / f"part-{d.name.removeprefix('unit=')}.parquet").exists()}
+
+    for _attempt in range(5):  # a unit may write its drafts between the check and the kill: then again
+        kill_when(refs_args(big_input, out, tiny_models), lambda: bool(cached_without_drafts()), timeout=900, poll=0.02)
+        time.sleep(1.0)  # nothing may change after a kill: the checks below read a still folder
+        if cached_without_drafts():
+            break
+        shutil.rmtree(out)
+    redone = cached_without_drafts()
+    assert redone, "in 5 attempts no kill landed while a unit's text task had cached results"
+    before = cache_keys(out)
+    assert not list(out.glob("stats/part-*.json"))
+
+    rerun = run_cli(*refs_args(big_input, out, tiny_models), timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["status"] == "complete"
+    report = validate_output(str(out))
+    assert report.ok, report.errors
+    after = cache_keys(out)
+    for unit, keys in after.items():
+        assert len(keys) == len(set(keys)), f"{unit}: a result was generated twice"
+        assert keys[: len(before.get(unit, []))] == before.get(unit, [])  # what the kill left stays
+    cap = summary["details"]["captioning"]
+    assert cap["cached"] >= sum(len(before[f"unit={u}"]) for u in redone) > 0  # the rerun found them and paid nothing for them
+    assert summary["details"]["engine_starts"] == 1
+
+    # the same run in one go, every answer from those caches: the same samples and rejects
+    clean = tmp_path / "clean"
+    shutil.copytree(out / "work" / "captions", clean / "work" / "captions")
+    shutil.copytree(out / "embeddings", clean / "embeddings")
+    once = run_cli(*refs_args(big_input, clean, tiny_models), timeout=1200)
+    assert once.returncode == 0, once.stderr[-3000:]
+    assert json.loads(once.stdout)["details"]["captioning"]["generated"] == 0
+    assert records(out) == records(clean)
+    assert accepted_and_rejected_ids(out) == accepted_and_rejected_ids(clean)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.s3 import S3Server
 from tests.test_cluster import contents, refs_args
 from tests.test_resume import accepted_and_rejected_ids, ingest_args, kill_when

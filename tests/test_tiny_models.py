@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.vllm_harness import vllm_cpu_engine
 from weaverdata.models import tiny
 from weaverdata.models.tiny import (
     IMAGE_MAX_PIXELS,
@@ -26,7 +27,6 @@ from weaverdata.models.tiny import (
     build_all,
     build_tokenizer,
     read_marker,
-    vllm_cpu_engine,
 )
 
 # A 512x512 photo resized to at most 224x224 pixels: (224 / 14) ** 2 patches, merged 2x2.
@@ -242,3 +242,26 @@ def test_vllm_vlm_in_vllms_default_multiprocess_mode(tiny_models, photo):
     image_token_id = json.loads((tiny_models["vlm"] / "config.json").read_text())["image_token_id"]
     assert list(out.prompt_token_ids).count(image_token_id) == IMAGE_TOKENS_224
     assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == before  # the environment is put back
+
+
+def test_the_vllm_cpu_environment_has_one_definition():
+    """The KV-cache size and thread binding of a CPU engine are set in one place
+    (`vllm_backend.VLLM_CPU_ENV`); the tests' harness starts its engines with the same values."""
+    from tests.vllm_harness import vllm_cpu_env
+    from weaverdata.engines.vllm_backend import VLLM_CPU_ENV
+
+    root = Path(__file__).resolve().parents[1]
+    needle = '"VLLM_CPU_' + 'KVCACHE_SPACE":'  # split, so this file is not one of its own hits
+    setters = sorted(
+        str(p.relative_to(root))
+        for folder in ("weaverdata", "tests", "benchmarks")
+        for p in (root / folder).rglob("*.py")
+        if needle in p.read_text()
+    )
+    assert setters == ["weaverdata/engines/vllm_backend.py"]
+    for in_process in (True, False):
+        env = vllm_cpu_env(in_process=in_process)
+        assert {k: env[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")} == {
+            k: VLLM_CPU_ENV[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
+        }
+        assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == ("0" if in_process else "1")

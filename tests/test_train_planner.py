@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from weaverdata.io.storage import Location
 from weaverdata.train.data import build_index, list_shards, split_eval
+from weaverdata.train.loop import committed_checkpoints, step_dir
 
 pytestmark = [pytest.mark.ray]
 
@@ -86,7 +88,8 @@ def test_a_killed_run_resumes_where_it_stopped(reference_run, proxy_shards, tmp_
     finally:
         kill_group(proc)
     assert not (out / "summary.json").exists(), "the kill must land before the run ends"
-    resumed_from = max(json.loads((p / "state.json").read_text())["step"] for p in (out / "checkpoints").glob("step-*[0-9]") if (p / "state.json").exists())
+    newest = max(committed_checkpoints(Location.of(str(out))))
+    resumed_from = json.loads((out / step_dir(newest) / "state.json").read_text())["step"]
     assert 10 <= resumed_from < 40
     again = run_cli(*train_args(proxy_shards, out, 40), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -11,9 +11,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from weaverdata.io.layout import OutputLayout
-from weaverdata.io.shards import Media, binary_view_of, RecordError, RejectRow, UnitWriter, field_signature, member_names, null_pattern
 from weaverdata import schemas
+from weaverdata.io.layout import OutputLayout
+from weaverdata.io.shards import Media, RecordError, RejectRow, UnitWriter, binary_view_of, field_signature, member_names, null_pattern
 
 
 def jpeg(color="red", size=(24, 16)) -> bytes:
@@ -140,10 +140,12 @@ def test_fast_tar_header_equals_tarfile(name, size):
 
 def ref_record(sid: str, n_refs: int) -> dict:
     img = {"sha256": "0" * 64, "source": "a.jpg", "width": 24, "height": 16}
+    by = {"model": "vlm", "revision": "", "prompt_sha256": "c" * 64}
     return {
         "id": sid, "task": "single_reference" if n_refs == 1 else "multi_reference", "target": img,
         "references": [{**img, "clip_cosine": 0.8, "phash_distance": 20} for _ in range(n_refs)],
         "instruction": "make it", "description": "a thing", "dynamics": "",
+        "generated_by": {"description": by, "instruction": by, "dynamics": None},
         "provenance": {"kind": "collection", "source": "a.jpg", "group": "g", "times_s": []},
     }
 
@@ -212,3 +214,65 @@ def test_parquet_shards_carry_exactly_the_declared_schema(tmp_path):
     assert row["target_image"] == {"bytes": data, "path": "s1.jpg"}
     assert [r["bytes"] for r in row["reference_images"]] == [other, b"p" * 5]
     assert pq.read_table(tmp_path / "img/data/images-jpg/part-00000.parquet").column("image").to_pylist()[1] == {"bytes": data, "path": "s001.jpg"}
+
+
+def test_local_shard_files_are_written_in_calls_below_2_mib(tmp_path, monkeypatch):
+    """Linux sizes page-cache folios by the length of each write; calls of 2 MiB or more take 2 MiB
+    blocks, which a VM with free page reporting has handed back to its host (see shards.WRITE_MAX).
+    Tar batches of 8 MiB and images larger than WRITE_MAX go in calls of at most WRITE_MAX; Parquet
+    pages stay below 2 MiB unless they hold an image larger than PARQUET_MEDIA_CHUNK; every byte
+    arrives."""
+    import os
+    import random
+
+    import pyarrow as pa
+
+    from weaverdata.io import shards
+
+    tar_calls, parquet_calls = [], []
+    real_writev = os.writev
+
+    def writev(fd, buffers):
+        buffers = list(buffers)
+        tar_calls.append(sum(memoryview(b).nbytes for b in buffers))
+        return real_writev(fd, buffers)
+
+    class RecordingFile(io.FileIO):  # stands in for pa.OSFile: Arrow makes the same write calls
+        def write(self, data):
+            parquet_calls.append(memoryview(data).nbytes)
+            return super().write(data)
+
+    monkeypatch.setattr(os, "writev", writev)
+    monkeypatch.setattr(pa, "OSFile", RecordingFile)
+    rng = random.Random(0)
+    sizes = [rng.randrange(1, 1_000_000) for _ in range(40)] + [3_000_000, 1, 2_097_152, 4_500_000, 1_048_576, 1_048_577]
+    blobs = [rng.randbytes(n) for n in sizes]
+    w = UnitWriter(OutputLayout.at(str(tmp_path)), "00000", "image_record", source="t", row_group_bytes=6 * 2**20)
+    for i, blob in enumerate(blobs):
+        w.add(record(i, blob), {"image": Media("jpg", blob)}, group="images")
+    w.commit()
+    monkeypatch.undo()
+
+    assert tar_calls and max(tar_calls) <= shards.WRITE_MAX
+    assert sum(tar_calls) >= sum(sizes) and sum(parquet_calls) >= sum(sizes)
+    large = sum(1 for n in sizes if n > shards.PARQUET_MEDIA_CHUNK)
+    assert 0 < sum(1 for n in parquet_calls if n >= 2**21) <= large
+    assert sum(1 for n in parquet_calls if n > 2**19) >= sum(sizes) // (3 * 2**19)  # pages, not a column chunk each
+    with tarfile.open(tmp_path / "data/images-jpg/part-00000.tar") as tar:
+        assert [tar.extractfile(f"s{i:03d}.jpg").read() for i in range(len(blobs))] == blobs
+    assert [v["bytes"] for v in pq.read_table(tmp_path / "data/images-jpg/part-00000.parquet").column("image").to_pylist()] == blobs
+
+
+def test_gather_writes_survive_short_writes(tmp_path, monkeypatch):
+    import os
+
+    from weaverdata.io import shards
+
+    chunks = [b"a" * 700, b"", b"b" * 3 * shards.WRITE_MAX, b"c" * 5, bytearray(b"d" * 1500)]
+    real_write = os.write
+    # a gather write that stops after at most 999 bytes (a prefix of its buffers), as the OS may
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: real_write(fd, b"".join(buffers)[:999]))
+    path = tmp_path / "out.bin"
+    with open(path, "wb", buffering=0) as f:
+        shards._writev_all(f.fileno(), chunks, sum(map(len, chunks)))
+    assert path.read_bytes() == b"".join(chunks)

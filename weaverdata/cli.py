@@ -63,11 +63,11 @@ def _shutdown_ray() -> None:
 
 
 def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
+    from weaverdata.engines.contracts import EngineUnavailable
+    from weaverdata.engines.prompts import PromptError
     from weaverdata.io.sources import InputError
     from weaverdata.io.storage import StorageError
     from weaverdata.job import OutputConflict, render_summary, run_job
-    from weaverdata.engines.captioner import EngineUnavailable
-    from weaverdata.engines.prompts import PromptError
     from weaverdata.runtime import RuntimeError_
 
     # stdout carries the summary only (pipe --json into jq); Ray's forwarded worker logs and
@@ -185,10 +185,10 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Ray Train 
 
 
 def _train(trainer: str, model, default_config: str, config, data, output, steps, workers, set_, ray_address, overwrite, as_json) -> None:
-    from weaverdata.train.data import DataError
-    from weaverdata.train.loop import TrainError, render_summary, run_training
     from weaverdata.io.storage import StorageError
     from weaverdata.runtime import RuntimeError_
+    from weaverdata.train.data import DataError
+    from weaverdata.train.loop import TrainError, render_summary, run_training
 
     try:
         overrides = _overrides(set_, **{"data.path": data, "output": output, "optim.steps": steps, "train.workers": workers, "runtime.ray_address": ray_address, "overwrite": overwrite})

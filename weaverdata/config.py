@@ -15,7 +15,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 PIPELINES_DIR = Path(__file__).resolve().parent / "pipeline_files"  # -> the repo's pipelines/
 
 
@@ -119,6 +118,8 @@ class EngineConfig(Strict):
     dtype: str = "auto"
     threads: int | None = Field(None, ge=1, description="OpenMP threads of each vLLM engine on CPU (vllm backend); default: an engine's share of a node's cores less one (for the vLLM frontend and the feeding stages), at least cpus_per_replica (Ray alone would pin the engine to cpus_per_replica threads)")
     max_pending_requests: int | None = Field(None, ge=1, description="requests admitted into each engine ahead of the running ones (vllm backend); None: 8 x batch_size")
+    serving: Literal["pool", "ray_data_llm"] = Field("pool", description="vllm backend: 'pool' starts the engines once per job and every round and retry streams through them (build-refs and build-proxy accept only this); 'ray_data_llm' builds a ray.data.llm processor per Captioner round (an engine start each), for a Captioner used on its own")
+    max_concurrent_batches: int = Field(4, ge=1, description="vllm backend, pool: batches in flight from each feeding actor to the engines")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retries_on_failed_check: int = Field(1, ge=0, description="regenerate with another seed when an output fails its checks")
@@ -227,6 +228,14 @@ class RefsTextConfig(Strict):
     dynamics_prompt: str = "dynamics"
 
 
+def _staged_engine_serving(engine: EngineConfig, command: str) -> None:
+    """build-refs and build-proxy send every round of every unit to the job's engines from their
+    text tasks; a ray.data.llm processor per round is not a path they have."""
+    if engine.serving != "pool":
+        raise ValueError(f"{command} runs its text on the job's engines: engine.serving must be 'pool' (got {engine.serving!r}; "
+                         "'ray_data_llm' is for a Captioner used on its own)")
+
+
 class RefsConfig(JobConfig):
     """`weaverdata build-refs`: reference-guided image samples from videos, collections and documents."""
 
@@ -252,6 +261,7 @@ class RefsConfig(JobConfig):
             raise ValueError("text_to_image samples need text.description: true")
         if self.band.mode == "absolute" and self.band.low > self.band.high:
             raise ValueError(f"band.low {self.band.low} is above band.high {self.band.high}")
+        _staged_engine_serving(self.engine, "build-refs")
         return self
 
 
@@ -287,6 +297,7 @@ class DocumentsConfig(Strict):
     request: Literal["title", "vlm"] = Field("title", description="the user turn: the title and opening of the document, or a request the VLM writes")
     opening_words: int = Field(40, ge=0, description="words of the document's opening in a title request")
     context_words: int = Field(80, ge=0, description="words of surrounding text given with each image to describe")
+    shorten_context: bool = Field(True, description="a description request over the prompt budget (engine.max_model_len - max_tokens) is retried with half, a quarter, then none of the context before it becomes a caption_prompt_too_long reject")
     cut_samples: bool = Field(True, description="also emit the document cut after its first proxy (a text-then-proxy target)")
     same_subject_cosine: float = Field(0.85, ge=-1, le=1, description="an image this close (CLIP) to an earlier one of its document is described with the earlier description in the prompt")
 
@@ -316,6 +327,7 @@ class ProxyConfig(JobConfig):
             raise ValueError("engine.model is required: build-proxy writes every description and narrative with it")
         if self.text.constrain and self.engine.backend == "transformers":
             raise ValueError("text.constrain needs the vllm or openai backend (structured outputs); set text.constrain=false for transformers")
+        _staged_engine_serving(self.engine, "build-proxy")
         return self
 
 

@@ -52,7 +52,7 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
                 ray.init(address=address, **common)
             else:
                 cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
-                ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.object_store_memory, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+                _start_local(lambda: ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.object_store_memory, include_dashboard=False, _node_ip_address="127.0.0.1", **common))
         except (ConnectionError, TimeoutError, ValueError) as exc:
             raise RuntimeError_(f"cannot start or join Ray (address={address or 'local'}): {exc}") from exc
     fit_blocks_to_object_store()
@@ -63,6 +63,22 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         "cpus": resources.get("CPU", 0.0),
         "gpus": resources.get("GPU", 0.0),
     }
+
+
+def _start_local(start: Callable[[], Any], attempts: int = 3) -> None:
+    """Start a local Ray, again if its raylet did not register within Ray's fixed 30 s (a laptop
+    or CI machine busy with other work): Ray raises a bare Exception for that one case."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried; anything else is raised as it is
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("the local Ray node timed out during startup (attempt %d of %d); starting it again", attempt, attempts)
+            ray.shutdown()
 
 
 def fit_blocks_to_object_store(share: int = 16) -> int:
@@ -171,7 +187,8 @@ class Progress:
     def __enter__(self) -> Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"),
@@ -211,10 +228,12 @@ def run_units(
     cfg: RuntimeConfig,
     total: int,
     name: str = "unit",
+    max_in_flight: int | None = None,
 ) -> list[UnitOutcome]:
     """Run fn(unit, *args) for every unit as a Ray task; a worker that dies is retried.
 
-    At most `max_in_flight` tasks are pending at once, so memory stays bounded on any input
+    At most `max_in_flight` tasks (the argument, else `runtime.max_in_flight`, else twice the
+    task slots) are pending at once, so memory stays bounded on any input
     size. A unit whose task raises (after retries) is reported as failed; the others go on, and
     a rerun redoes only the failed and the unfinished units.
     """
@@ -224,7 +243,7 @@ def run_units(
     remote = ray.remote(num_cpus=cfg.task_cpus, max_retries=cfg.max_retries)(fn)
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     slots = int(cluster_cpus / cfg.task_cpus)  # tasks that can run at once
-    max_in_flight = cfg.max_in_flight or max(2, 2 * slots)
+    max_in_flight = max_in_flight or cfg.max_in_flight or max(2, 2 * slots)
     args_refs = tuple(ray.put(a) for a in args)
     outcomes: list[UnitOutcome] = []
     pending: dict[Any, str] = {}

@@ -15,31 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Protocol
 
 from weaverdata.config import EngineConfig
 from weaverdata.engines.cache import ResultCache
 from weaverdata.engines.checks import check_text
+from weaverdata.engines.contracts import Backend, EngineUnavailable, FormatCheck  # noqa: F401  (EngineUnavailable re-exported)
 from weaverdata.engines.requests import CaptionRequest, CaptionResult, RawGeneration, cache_key, model_identity, sampling_for
 
 log = logging.getLogger(__name__)
-
-FormatCheck = Callable[[str], "str | None"]
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine stopped answering (a dead server, a crashed engine); finished results are cached."""
-
-
-class Backend(Protocol):
-    name: str
-
-    def generate(self, requests: list[CaptionRequest], keys: list[str], sampling: dict) -> Iterator[RawGeneration]:
-        """Yield one RawGeneration per request (any order), as they finish."""
-
-    def close(self) -> None: ...
-
 
 def make_backend(cfg: EngineConfig) -> Backend:
     if not cfg.model:
@@ -66,11 +49,14 @@ class Captioner:
         backend: Backend | None = None,
         flush_every: int = 64,
         flush_seconds: float = 10.0,
+        owns_backend: bool | None = None,
     ):
         self.cfg = cfg
         self.cache = ResultCache(cache_url)
         self.format_checks = format_checks or {}
         self._backend = backend
+        # a backend handed in (a job's engines) outlives this captioner, unless it says it owns it
+        self._owns_backend = backend is None if owns_backend is None else owns_backend
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.stats = {"requests": 0, "cached": 0, "generated": 0, "retried": 0, "rejected": 0}
@@ -82,8 +68,15 @@ class Captioner:
         return self._backend
 
     def close(self) -> None:
-        if self._backend is not None:
+        """Close the backend if this captioner made it (one it was given belongs to the caller)."""
+        if self._backend is not None and self._owns_backend:
             self._backend.close()
+            self._backend = None
+
+    def engine_report(self) -> dict:
+        """The backend's engine figures (engine_starts, engine_busy_fraction), if it keeps any."""
+        report = getattr(self._backend, "report", None)
+        return report() if report is not None else {}
 
     def judge(self, req: CaptionRequest, raw: RawGeneration, attempt: int) -> CaptionResult:
         """Pure: a backend output -> a result that is ok or says why not."""
@@ -137,8 +130,10 @@ class Captioner:
                     req = by_key[raw.key]
                     result = self.judge(req, raw, attempt)
                     self.stats["generated"] += 1
-                    if raw.error:  # transient (timeout): reported, not cached, retried on the next run
+                    if raw.error and not raw.final:  # transient (timeout, lost engine): reported, not cached, retried on the next run
                         transient[raw.key] = result
+                    elif raw.error:  # the request's own fault (too long, unreadable image): a final reject, no retry
+                        buffer.append(result)
                     elif result.ok or last:
                         buffer.append(result)
                     else:

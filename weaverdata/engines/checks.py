@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from weaverdata.verdict import Verdict  # noqa: F401  (re-exported: the output checks return it)
 
 REFUSAL_PATTERNS = [
     r"\bI(?:'m| am) (?:sorry|unable|not able)\b",
@@ -25,21 +26,6 @@ REFUSAL_PATTERNS = [
 ]
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str = ""
-    detail: str = ""
-
-    @classmethod
-    def keep(cls) -> Verdict:
-        return cls(True)
-
-    @classmethod
-    def drop(cls, reason: str, detail: str = "") -> Verdict:
-        return cls(False, reason, detail)
 
 
 def repetition_score(text: str, n: int = 3) -> float:

@@ -70,7 +70,7 @@ class OpenAIBackend:
     async def _one(self, client, sem: asyncio.Semaphore, req: CaptionRequest, key: str, sampling: dict[str, Any]) -> RawGeneration:
         import openai
 
-        from weaverdata.engines.captioner import EngineUnavailable
+        from weaverdata.engines.contracts import EngineUnavailable
 
         async with sem:
             messages = to_openai_messages(req, self.cfg.max_pixels)

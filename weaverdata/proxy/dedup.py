@@ -76,30 +76,42 @@ def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def find_duplicates(texts: list[str], *, threshold: float = 0.8, hasher: MinHasher = MinHasher()) -> dict[int, tuple[str, int]]:
-    """``{index: (reason, index of the kept document)}`` for every dropped document."""
+def fingerprint(text: str, hasher: MinHasher = MinHasher()) -> tuple[str, np.ndarray]:
+    """What duplicate detection needs of a text, computed where the text is (a worker): its exact
+    key and its MinHash signature (32-bit slots, ``num_perm`` of them)."""
+    return exact_key(text), hasher.signature(text).astype(np.uint32)
+
+
+def duplicates_of(keys: list[str], sigs: list[np.ndarray] | np.ndarray, *, threshold: float = 0.8, hasher: MinHasher = MinHasher()) -> dict[int, tuple[str, int]]:
+    """``{index: (reason, index of the kept document)}`` for every dropped document, from the
+    fingerprints alone (the texts need not be in this process): the first of each cluster, in
+    the given order, is kept."""
     dropped: dict[int, tuple[str, int]] = {}
     first_by_key: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        k = exact_key(t)
+    for i, k in enumerate(keys):
         if k in first_by_key:
             dropped[i] = ("duplicate_exact", first_by_key[k])
         else:
             first_by_key[k] = i
-    survivors = [i for i in range(len(texts)) if i not in dropped]
-    sigs = {i: hasher.signature(texts[i]) for i in survivors}
+    survivors = [i for i in range(len(keys)) if i not in dropped]
+    rows = hasher.rows
     buckets: dict[tuple[int, bytes], list[int]] = {}
     for i in survivors:
         s = sigs[i]
         for band in range(hasher.bands):
-            key = (band, s[band * hasher.rows : (band + 1) * hasher.rows].tobytes())
-            buckets.setdefault(key, []).append(i)
+            buckets.setdefault((band, s[band * rows : (band + 1) * rows].tobytes()), []).append(i)
     for i in survivors:  # input order: the earliest of a cluster is kept
         if i in dropped:
             continue
         s = sigs[i]
         for band in range(hasher.bands):
-            for j in buckets[(band, s[band * hasher.rows : (band + 1) * hasher.rows].tobytes())]:
+            for j in buckets[(band, s[band * rows : (band + 1) * rows].tobytes())]:
                 if j > i and j not in dropped and jaccard_estimate(s, sigs[j]) >= threshold:
                     dropped[j] = ("duplicate_near", i)
     return dropped
+
+
+def find_duplicates(texts: list[str], *, threshold: float = 0.8, hasher: MinHasher = MinHasher()) -> dict[int, tuple[str, int]]:
+    """``{index: (reason, index of the kept document)}`` for every dropped document."""
+    prints = [fingerprint(t, hasher) for t in texts]
+    return duplicates_of([k for k, _ in prints], [s for _, s in prints], threshold=threshold, hasher=hasher)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
-from weaverdata.engines.checks import Verdict
+from weaverdata.verdict import Verdict
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -167,8 +167,28 @@ def document_verdict(doc: Document, *, min_images: int = 1, max_images: int = 30
 
 def context_around(doc: Document, image_index: int, *, words: int = 80) -> tuple[str, str]:
     """The text just before and just after the image_index-th image (at most `words` each)."""
+    if words <= 0:
+        return "", ""
     positions = [k for k, it in enumerate(doc.items) if it.kind == "image"]
     at = positions[image_index]
     before = " ".join(it.text for it in doc.items[:at] if it.kind == "text").split()
     after = " ".join(it.text for it in doc.items[at + 1 :] if it.kind == "text").split()
     return " ".join(before[-words:]), " ".join(after[:words])
+
+
+def clip_chars(text: str, limit: int, *, keep: str = "start") -> str:
+    """At most ``limit`` characters of ``text``, cut at a space where there is one: the start of
+    it (``keep="start"``, text after an image) or the end (``keep="end"``, text before it).
+
+    >>> clip_chars("one two three", 9), clip_chars("one two three", 9, keep="end"), clip_chars("abc", 0)
+    ('one two', 'two three', '')
+    """
+    if len(text) <= limit:
+        return text
+    if limit <= 0:
+        return ""
+    if keep == "end":
+        cut = text[len(text) - limit :]
+        return cut.split(" ", 1)[1] if " " in cut and not text[len(text) - limit - 1].isspace() else cut.lstrip()
+    cut = text[:limit]
+    return cut.rsplit(" ", 1)[0] if " " in cut and not text[limit].isspace() else cut.rstrip()

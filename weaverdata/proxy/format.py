@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from weaverdata.engines.checks import Verdict
+from weaverdata.verdict import Verdict
 
 REASONS = (
     "proxy_unbalanced",

@@ -107,3 +107,90 @@ def read_plan(layout: OutputLayout, unit: WorkUnit) -> dict[str, Any]:
 
 def reject_dict(row: dict[str, Any], reason: str, stage: str, detail: str) -> dict[str, Any]:
     return {"id": row["id"], "source": row["locator"], "reason": reason, "stage": stage, "detail": detail, "sha256": row["sha256"] or None}
+
+
+def read_prep_meta(layout: OutputLayout, units: list[WorkUnit], columns: list[str]) -> list[dict[str, Any]]:
+    """Small per-row fields of every unit's prep file (never the image bytes), for a driver step."""
+    if "data" in columns:
+        raise ValueError("the driver reads prep metadata only, not the image bytes")
+    rows: list[dict[str, Any]] = []
+    for u in units:
+        with layout.loc.open(prep_path(u.unit), "rb") as f:
+            rows += pq.read_table(f, columns=columns, use_threads=False, pre_buffer=False).to_pylist()
+    return rows
+
+
+def embed_prep(layout: OutputLayout, units: list[WorkUnit], clip: Any, *, kind: str | None = None) -> tuple[list[str], Any]:
+    """CLIP embeddings of the accepted prep images (of one ``kind``, if the prep table has kinds):
+    read, decoded and embedded by Ray Data on the workers; only ids and vectors reach the driver.
+    Images the embedder could not read are left out."""
+    import numpy as np
+    import ray
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from weaverdata.models.clip import embed_dataset
+
+    if not units:
+        return [], np.zeros((0, 1), np.float32)
+    fs = PyFileSystem(FSSpecHandler(layout.loc.fs))
+    columns = ["id", "data", "reason"] + (["kind"] if kind else [])
+    ds = ray.data.read_parquet([layout.loc.path(prep_path(u.unit)) for u in units], filesystem=fs, columns=columns)
+    ds = ds.filter(expr="reason == ''" + (f" and kind == '{kind}'" if kind else "")).drop_columns(["reason"] + (["kind"] if kind else []))
+    ids: list[str] = []
+    vectors: list[Any] = []
+    for batch in embed_dataset(ds, clip, image_column="data").iter_batches(batch_size=1024, batch_format="numpy"):
+        for i, e, err in zip(batch["id"], batch["embedding"], batch["clip_error"]):
+            if not err:
+                ids.append(str(i))
+                vectors.append(np.asarray(e, dtype=np.float32))
+    return ids, (np.stack(vectors) if vectors else np.zeros((0, 1), np.float32))
+
+
+ITEMS_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.string()), ("members", pa.list_(pa.string())), ("member_units", pa.list_(pa.string()))])
+"""What a driver step decided for a unit's text stage: groups (``kind`` group: id, members, the
+members' units), links (``link``: an image and the earlier one it repeats), ``no_group``."""
+
+
+def items_path(unit: str) -> str:
+    return posixpath.join(WORK_DIR, "items", f"part-{unit}.parquet")
+
+
+def write_items(layout: OutputLayout, unit: str, items: list[dict[str, Any]]) -> None:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(items, schema=ITEMS_SCHEMA), sink, compression="zstd")
+    layout.loc.write_bytes_atomic(items_path(unit), sink.getvalue())
+
+
+def read_items(layout: OutputLayout, unit: str) -> list[dict[str, Any]]:
+    """The unit's items; none if the driver step wrote no file (the recipe has no such step)."""
+    if not layout.loc.exists(items_path(unit)):
+        return []
+    with layout.loc.open(items_path(unit), "rb") as f:
+        return pq.read_table(f, use_threads=False, pre_buffer=False).to_pylist()
+
+
+def read_prep_rows(layout: OutputLayout, unit: str, ids: set[str], columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of one unit's prep file with the given ids (on a worker)."""
+    if not ids:
+        return []
+    import pyarrow.compute as pc
+
+    with layout.loc.open(prep_path(unit), "rb") as f:
+        t = pq.read_table(f, columns=columns, use_threads=False, pre_buffer=False)
+    return t.filter(pc.is_in(t.column("id"), pa.array(sorted(ids)))).to_pylist()
+
+
+class StageClock:
+    """Wall seconds of a job's stages, in order (for summary details and the scale benchmark)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time.monotonic
+        self._last = self._time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = self._time()
+        self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
+        self._last = now

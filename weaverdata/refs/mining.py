@@ -23,8 +23,14 @@ one process. :func:`mine_corpus` gives exactly the same ``(pairs_in_band, hard_n
    (A→B in one, B→A in another) is kept once, ``i < j``, with its highest score, exactly as
    :func:`~weaverdata.refs.knn.mine_pairs` keeps it; then the band split of ``mine_pairs``.
 
-Everything except :func:`mine_corpus` (and :func:`mine_stored`, which reads embeddings and
-calls it) is a plain function of numpy arrays, without Ray. No Python loop runs over rows or
+:func:`group_corpus` uses the same search for the grouping of a corpus too large for one
+process: the blocks' pairs stay in the object store, the driver folds them one block at a time
+into a union-find (a node array), and the repeated maximum cliques are found per batch of
+connected components in Ray tasks (the pure steps are :mod:`weaverdata.refs.components`); the
+groups equal those of the single-process grouping of the same pairs.
+
+Everything except :func:`mine_corpus`, :func:`group_corpus` (and :func:`mine_stored`, which
+reads embeddings and calls :func:`mine_corpus`) is a plain function of numpy arrays, without Ray. No Python loop runs over rows or
 pairs; only over blocks (and, to order an IVF index's rows, over its lists).
 
 Why blocks have a minimum size (:func:`min_query_block`): faiss computes a flat index's (and
@@ -49,10 +55,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 
+from weaverdata.refs.components import Groups, batch_groups, component_batches, new_forest, order_groups, spanning_pairs, split_pairs, union_edges
+from weaverdata.refs.grouping import block_rows, similarity_block
 from weaverdata.refs.knn import (
     PAIR_DTYPE,
     IndexKind,
@@ -195,6 +204,85 @@ def _search_task(index_buf: np.ndarray | None, emb: np.ndarray, rows: np.ndarray
 # Ray edge
 
 
+def _search_blocks(
+    emb,
+    k: int,
+    *,
+    kind: MineKind,
+    index: Any,
+    query_block: int | None,
+    parallelism: int | None,
+    task_cpus: float,
+    order_by_cell: bool,
+    info: dict[str, Any],
+    index_kwargs: dict[str, Any],
+) -> Iterator[tuple[int, Any]]:
+    """Steps 1-2 of the module doc: ``(block number, ObjectRef of its unique pairs)`` as the
+    blocks finish, at most ``parallelism`` in flight. ``info`` is filled with ``n``, ``kk``,
+    ``blocks``, ``query_block``, ``parallelism``, ``build_s`` and ``put_s`` before the first
+    block is searched; nothing is yielded when the corpus is too small for a pair."""
+    import ray
+
+    from weaverdata.config import RuntimeConfig
+    from weaverdata.runtime import check_fits, connect
+
+    t0 = time.perf_counter()
+    e = l2_normalize(emb)
+    n = len(e)
+    kk = min(k + 1, n)  # +1: each item finds itself
+    info.update(n=n, kk=kk, blocks=0)
+    if kk < 2:
+        return
+
+    if not ray.is_initialized():
+        connect(RuntimeConfig(progress=False))
+    check_fits("mine_corpus", task_cpus)
+    if parallelism is None:
+        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1.0) / task_cpus))
+    if parallelism < 1:
+        raise ValueError("parallelism must be >= 1")
+    if query_block is None:
+        query_block = n // (2 * parallelism)
+    query_block = max(query_block, min_query_block(n, e.shape[1], index is not None or kind != "numpy"))
+    threads = max(1, int(task_cpus))
+
+    order = None
+    if index is not None or kind != "numpy":
+        if index is None:
+            index = build_index(e, kind, **index_kwargs)
+        elif index.ntotal != n:
+            raise ValueError(f"the index holds {index.ntotal} rows, the corpus {n}")
+        if order_by_cell:
+            order = ivf_row_order(index)
+    blocks = plan_blocks(n, query_block, order)
+    del order
+    t_built = time.perf_counter()
+    # into the object store, freeing the driver's copies as soon as they are there: at most
+    # the embeddings + the index, or the index + its serialised form, at once
+    emb_ref = ray.put(e)
+    del e
+    index_ref = None
+    if index is not None:
+        index_buf = serialize_index(index)
+        index = None
+        index_ref = ray.put(index_buf)
+        del index_buf
+    t_put = time.perf_counter()
+    info.update(blocks=len(blocks), query_block=query_block, parallelism=parallelism, build_s=t_built - t0, put_s=t_put - t_built)
+
+    remote = ray.remote(num_cpus=task_cpus, max_retries=2)(_search_task)
+    info["search_start"] = time.perf_counter()
+    pending: dict[Any, int] = {}
+    next_block = 0
+    while next_block < len(blocks) or pending:
+        while next_block < len(blocks) and len(pending) < parallelism:
+            ref = remote.remote(index_ref, emb_ref, blocks[next_block], kk, threads)
+            pending[ref] = next_block
+            next_block += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        yield pending.pop(done[0]), done[0]
+
+
 def mine_corpus(
     emb,
     k: int,
@@ -236,84 +324,180 @@ def mine_corpus(
     """
     import ray
 
-    from weaverdata.config import RuntimeConfig
-    from weaverdata.runtime import check_fits, connect
-
-    t0 = time.perf_counter()
-    e = l2_normalize(emb)
-    n = len(e)
-    kk = min(k + 1, n)  # +1: each item finds itself
-    if kk < 2:
+    if min(k + 1, len(emb)) < 2:
         empty = np.empty(0, dtype=PAIR_DTYPE)
         return empty, empty
     if low > high:
         raise ValueError(f"low {low} is above high {high}")
-
-    if not ray.is_initialized():
-        connect(RuntimeConfig(progress=False))
-    check_fits("mine_corpus", task_cpus)
-    if parallelism is None:
-        parallelism = max(1, int(ray.cluster_resources().get("CPU", 1.0) / task_cpus))
-    if parallelism < 1:
-        raise ValueError("parallelism must be >= 1")
-    if query_block is None:
-        query_block = n // (2 * parallelism)
-    query_block = max(query_block, min_query_block(n, e.shape[1], index is not None or kind != "numpy"))
-    threads = max(1, int(task_cpus))
-
-    order = None
-    if index is not None or kind != "numpy":
-        if index is None:
-            index = build_index(e, kind, **index_kwargs)
-        elif index.ntotal != n:
-            raise ValueError(f"the index holds {index.ntotal} rows, the corpus {n}")
-        if order_by_cell:
-            order = ivf_row_order(index)
-    blocks = plan_blocks(n, query_block, order)
-    del order
-    t_built = time.perf_counter()
-    # into the object store, freeing the driver's copies as soon as they are there: at most
-    # the embeddings + the index, or the index + its serialised form, at once
-    emb_ref = ray.put(e)
-    del e
-    index_ref = None
-    if index is not None:
-        index_buf = serialize_index(index)
-        index = None
-        index_ref = ray.put(index_buf)
-        del index_buf
-    t_put = time.perf_counter()
-
-    remote = ray.remote(num_cpus=task_cpus, max_retries=2)(_search_task)
-    parts: list[np.ndarray | None] = [None] * len(blocks)
-    pending: dict[Any, int] = {}
-    next_block = 0
-    while next_block < len(blocks) or pending:
-        while next_block < len(blocks) and len(pending) < parallelism:
-            ref = remote.remote(index_ref, emb_ref, blocks[next_block], kk, threads)
-            pending[ref] = next_block
-            next_block += 1
-        done, _ = ray.wait(list(pending), num_returns=1)
-        b = pending.pop(done[0])
-        parts[b] = ray.get(done[0])
-        log.debug("mine_corpus: block %d/%d done (%d pairs)", b + 1, len(blocks), len(parts[b]))
-    del emb_ref, index_ref
+    info: dict[str, Any] = {}
+    parts: dict[int, np.ndarray] = {}
+    for b, ref in _search_blocks(emb, k, kind=kind, index=index, query_block=query_block, parallelism=parallelism, task_cpus=task_cpus,
+                                 order_by_cell=order_by_cell, info=info, index_kwargs=index_kwargs):
+        parts[b] = ray.get(ref)
+        log.debug("mine_corpus: block %d/%d done (%d pairs)", b + 1, info["blocks"], len(parts[b]))
     t_searched = time.perf_counter()
-
-    in_band, negatives = merge_block_pairs(parts, low, high, hard_negative_min)
+    ordered = [parts[b] for b in range(info["blocks"])]
+    in_band, negatives = merge_block_pairs(ordered, low, high, hard_negative_min)
     t_merged = time.perf_counter()
     if stats is not None:
         stats.update(
-            blocks=len(blocks),
-            query_block=query_block,
-            parallelism=parallelism,
-            build_s=t_built - t0,
-            put_s=t_put - t_built,
-            search_s=t_searched - t_put,
+            blocks=info["blocks"],
+            query_block=info["query_block"],
+            parallelism=info["parallelism"],
+            build_s=info["build_s"],
+            put_s=info["put_s"],
+            search_s=t_searched - info["search_start"],
             merge_s=t_merged - t_searched,
-            block_pairs=int(sum(len(p) for p in parts)),
+            block_pairs=int(sum(len(p) for p in ordered)),
         )
     return in_band, negatives
+
+
+# --------------------------------------------------------------------------------------------
+# grouping by components: the Ray edge of weaverdata.refs.components
+
+
+def _split_task(pairs: np.ndarray, batch_of: np.ndarray, n_batches: int) -> list[np.ndarray]:
+    return split_pairs(pairs, batch_of, n_batches)
+
+
+def _cliques_task(emb: np.ndarray, low: float, high: float, min_size: int, max_size: int, *parts: np.ndarray) -> Groups:
+    return batch_groups(list(parts), emb, low, high, min_size, max_size)
+
+
+def _forest_task(pairs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """A block's pairs at or above the threshold, as one pair per node for the union-find."""
+    hit = pairs[pairs["score"] >= threshold]
+    return spanning_pairs(hit["i"], hit["j"])
+
+
+def _all_pairs_task(e: np.ndarray, start: int, stop: int, threshold: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Rows ``start:stop`` against all rows: the block's edges, and its pairs for the union-find."""
+    i, j, score = similarity_block(e, start, stop, threshold)
+    pairs = np.empty(len(i), dtype=PAIR_DTYPE)
+    pairs["i"], pairs["j"], pairs["score"] = i, j, score
+    return pairs, spanning_pairs(i, j)
+
+
+def group_corpus(
+    emb,
+    k: int,
+    threshold: float,
+    min_size: int,
+    max_size: int,
+    *,
+    kind: MineKind | Literal["exact"] = "ivf",
+    index: Any = None,
+    query_block: int | None = None,
+    parallelism: int | None = None,
+    task_cpus: float = 1.0,
+    order_by_cell: bool = True,
+    batch_nodes: int | None = None,
+    stats: dict[str, Any] | None = None,
+    **index_kwargs: Any,
+) -> list[tuple[int, list[int]]]:
+    """``(target, references)`` per group: the repeated maximum cliques of a graph over
+    ``emb``, each with its target (:func:`weaverdata.refs.grouping.choose_target` on ``emb``),
+    in the order of :func:`weaverdata.refs.grouping.repeated_max_cliques_graph`; the same groups
+    as the single-process grouping of the same edges, without any process holding all edges.
+
+    The edges: with ``kind="exact"`` every pair at or above ``threshold``
+    (:func:`weaverdata.refs.grouping.similarity_block` over row blocks of
+    :func:`weaverdata.refs.grouping.block_rows`, in Ray tasks); otherwise the pairs of :func:`mine_corpus`
+    (``emb``, ``k``, band ``[threshold, 1]``, the same index), searched in Ray tasks.
+
+    1. each block of edges is made by a Ray task (all pairs of a row block, or a neighbour
+       search) and stays in the object store; the driver folds one pair per node of each block
+       (:func:`weaverdata.refs.components.spanning_pairs`) into a union-find
+       (:func:`weaverdata.refs.components.union_edges`: a node array), never the edges;
+    2. the components are packed into batches of about ``batch_nodes`` nodes
+       (:func:`~weaverdata.refs.components.component_batches`; default: the corpus over
+       ``2 x parallelism``, between 1,000 and 100,000);
+    3. a Ray task per block cuts its pairs by batch, and a Ray task per batch merges its pairs,
+       keeps the edges and finds its cliques and targets
+       (:func:`~weaverdata.refs.components.batch_groups`);
+    4. the driver orders all groups (:func:`~weaverdata.refs.components.order_groups`).
+
+    ``stats``, when given, gets ``blocks``, ``batches``, ``components`` (of at least
+    ``min_size`` nodes), ``largest_component`` and ``groups``.
+    """
+    import ray
+
+    from weaverdata.config import RuntimeConfig
+    from weaverdata.runtime import check_fits, connect
+
+    parent = new_forest(len(emb))
+    forests: list[Any] = []
+    if kind == "exact":
+        if len(emb) < 2:
+            return []
+        if not ray.is_initialized():
+            connect(RuntimeConfig(progress=False))
+        check_fits("group_corpus", task_cpus)
+        if parallelism is None:
+            parallelism = max(1, int(ray.cluster_resources().get("CPU", 1.0) / task_cpus))
+        high = math.inf  # every pair at or above the threshold is an edge (a cosine may round above 1)
+        e_ref = ray.put(l2_normalize(emb))
+        rows = block_rows(len(emb))
+        block = ray.remote(num_cpus=task_cpus, max_retries=2, num_returns=2)(_all_pairs_task)
+        block_refs = []
+        for start in range(0, len(emb), rows):
+            pairs_ref, forest_ref = block.remote(e_ref, start, start + rows, threshold)
+            block_refs.append(pairs_ref)
+            forests.append(forest_ref)
+            if len(forests) >= parallelism:  # fold as they come: at most `parallelism` blocks ahead
+                a, b = ray.get(forests.pop(0))
+                union_edges(parent, a, b)
+        del e_ref
+    else:
+        high = 1.0
+        info: dict[str, Any] = {}
+        found: dict[int, Any] = {}
+        forest = ray.remote(num_cpus=task_cpus, max_retries=2)(_forest_task)
+        for b, ref in _search_blocks(emb, k, kind=kind, index=index, query_block=query_block, parallelism=parallelism, task_cpus=task_cpus,
+                                     order_by_cell=order_by_cell, info=info, index_kwargs=index_kwargs):
+            # any pair at or above the threshold in any block: a superset of the merged edges, so
+            # components can only be joined, never split (refs/components.py)
+            found[b] = ref
+            forests.append(forest.remote(ref, threshold))
+        if info["kk"] < 2:
+            return []
+        parallelism = info["parallelism"]
+        block_refs = [found[b] for b in range(info["blocks"])]
+        del found
+    for ref in forests:  # the blocks' edges stay in the object store; the driver sees one pair per node
+        a, b = ray.get(ref)
+        union_edges(parent, a, b)
+    del forests
+    if batch_nodes is None:
+        batch_nodes = min(100_000, max(1_000, math.ceil(len(emb) / (2 * parallelism))))
+    batch_of = component_batches(parent, min_size, batch_nodes)
+    n_batches = int(batch_of.max()) + 1 if len(batch_of) else 0
+    if stats is not None:
+        sizes = np.bincount(parent, minlength=len(parent))
+        big = sizes[sizes >= min_size]
+        stats.update(blocks=len(block_refs), batches=n_batches, components=len(big), largest_component=int(big.max()) if len(big) else 0, groups=0)
+    del parent
+    if n_batches == 0:
+        return []
+    if n_batches == 1:  # nothing to cut: the batch task keeps the edges of its components
+        per_batch = [block_refs]
+    else:
+        batch_ref = ray.put(batch_of)
+        split = ray.remote(num_cpus=task_cpus, max_retries=2, num_returns=n_batches)(_split_task)
+        cut = [split.remote(r, batch_ref, n_batches) for r in block_refs]
+        per_batch = [[c[b] for c in cut] for b in range(n_batches)]
+        del cut, batch_ref
+    del block_refs, batch_of
+    emb_ref = ray.put(np.asarray(emb))
+    cliques = ray.remote(num_cpus=task_cpus, max_retries=2)(_cliques_task)
+    results = [cliques.remote(emb_ref, threshold, high, min_size, max_size, *parts) for parts in per_batch]
+    del per_batch
+    groups = order_groups(Groups.concat(ray.get(results)))
+    del results, emb_ref
+    if stats is not None:
+        stats["groups"] = len(groups)
+    return groups.pairs()
 
 
 def mine_stored(url: str, k: int, low: float, high: float, **kwargs: Any) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weaverdata.io.card import committed_files
-from weaverdata.io.layout import OutputLayout, RUN_MANIFEST, SUMMARY_JSON
-from weaverdata.job import memory_text
+from weaverdata.io.layout import RUN_MANIFEST, SUMMARY_JSON, OutputLayout
 from weaverdata.io.storage import Location, StorageError
+from weaverdata.job import memory_text
 from weaverdata.report.images import ImageFinder, NoPreview, thumbnail
 from weaverdata.report.plots import bars_svg, histogram_svg
 

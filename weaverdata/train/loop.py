@@ -35,10 +35,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from weaverdata.io.storage import Location
 from weaverdata.train.config import TrainConfig
+from weaverdata.train.contracts import Ranks, Task, TrainError  # noqa: F401  (re-exported for callers of the loop)
 from weaverdata.train.data import DataError, DataPosition, SampleIndex, SampleStream, ShardReader, build_index, list_shards, split_eval
 
 log = logging.getLogger(__name__)
@@ -49,77 +50,6 @@ METRICS_FILE = "metrics.jsonl"
 MANIFEST_FILE = "train.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-
-
-class TrainError(RuntimeError):
-    """A training run that cannot start or go on, with the reason."""
-
-
-# -- ranks ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    device: Any = "cpu"
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def all_sum(self, tensor):
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
-        return tensor
-
-    def gather(self, obj) -> list:
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def broadcast_params(self, module) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
-
-
-# -- what a trainer provides ----------------------------------------------------------------------
-
-
-class Task(Protocol):
-    name: str
-    count_keys: tuple[str, ...]  # the per-step counts `loss` returns, in this order
-    schema: str
-    kind_column: str | None
-    columns: list[str] | None
-
-    def setup(self, cfg: TrainConfig, out: Location, ranks: Ranks) -> None: ...
-    def trainable(self) -> Any: ...  # the nn.Module whose parameters are optimized
-    def stages(self, train: SampleIndex, steps: int) -> list[tuple[str, SampleIndex, int]]: ...  # (name, pool, last step)
-    def next_batch(self, stream: SampleStream) -> Any | None: ...
-    def batch_ids(self, batch: Any) -> list[str]: ...
-    def loss(self, batch: Any, step: int, ranks: Ranks) -> tuple[Any, Any, dict[str, float]]: ...
-    def evaluate(self, samples: list, ranks: Ranks) -> dict[str, float]: ...  # summed counts
-    def finish_eval(self, sums: dict[str, float]) -> dict[str, float]: ...
-    def save_model(self, folder: str) -> None: ...
-    def load_model(self, folder: str) -> None: ...
-    def on_checkpoint(self, folder: str, step: int, eval_samples: list) -> None: ...
-    def counters(self) -> dict[str, float]: ...
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -272,7 +202,7 @@ def worker_main(task: Task, cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
     reader = ShardReader(cfg.data.path, cfg.data.format, task.columns, cfg.data.shard_cache)
 
     state = LoopState()
-    done = committed_checkpoints(out)
+    done = committed_checkpoints(out)  # a rerun, or a Ray Train restart (train.max_failures), resumes here: the output folder is the one record of checkpoints (nothing goes through ray.train.report/get_checkpoint)
     if done:
         folder = fetch_checkpoint(out, done[-1])
         with open(os.path.join(folder, STATE_FILE)) as f:

@@ -16,7 +16,7 @@ def import_class(ref: str, search: str | None = None):
     command ran in, as `python -m` does) and on the usual path."""
     import sys
 
-    from weaverdata.train.loop import TrainError
+    from weaverdata.train.contracts import TrainError
 
     where = search or os.getcwd()
     if where not in sys.path:

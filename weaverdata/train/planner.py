@@ -27,8 +27,8 @@ from typing import Any
 
 from weaverdata.io.storage import Location
 from weaverdata.train.config import PlannerTrainConfig
+from weaverdata.train.contracts import Ranks, TrainError
 from weaverdata.train.data import Sample, SampleIndex, SampleStream
-from weaverdata.train.loop import Ranks, TrainError
 from weaverdata.train.models import CLASS_REF, cache_dir, import_class
 
 IGNORE = -100

@@ -25,8 +25,8 @@ import numpy as np
 
 from weaverdata.io.storage import Location
 from weaverdata.train.config import VisualizerTrainConfig
+from weaverdata.train.contracts import Ranks, TrainError
 from weaverdata.train.data import DataError, Sample, SampleIndex, SampleStream, decode_rgb
-from weaverdata.train.loop import Ranks, TrainError
 from weaverdata.train.models import CLASS_REF, cache_dir, import_class
 
 log = logging.getLogger(__name__)
