@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import cli_sets, run_cli
-from weaverdata.demo import proxy_inputs, proxy_overrides
+from weaverdata.demo import SITE_CHROME, proxy_inputs, proxy_overrides
 from weaverdata.proxy.format import Tags, check_proxies, segments
 
 pytestmark = [pytest.mark.ray]
@@ -129,12 +129,21 @@ def test_documents_html_and_obelics(inputs, tmp_path, tiny_models):
     for x in rejects(out):
         by_reason.setdefault(x["reason"], []).append(x["source"])
     assert by_reason.get("too_few_images") == ["pages/no-images.html"]
-    assert by_reason.get("too_few_words") and by_reason.get("not_a_document")  # the image files are assets, not documents
-    for r in recs:  # the proxies sit where the images were: text, proxy, text, proxy, text
-        if r["source"].startswith("pages/page") and r["shape"] == "text":
-            kinds = [s.kind for s in segments(r["messages"][1]["content"])]
+    assert by_reason.get("too_few_words") and "not_a_document" not in by_reason  # the image files are the pages' assets, not inputs
+    assert summary["details"]["page_assets"] == len(list((inp / "pages" / "img").iterdir()))
+    pages = [r for r in recs if r["source"].startswith("pages/page")]
+    assert {r["source"] for r in pages} == {f"pages/page{k}.html" for k in range(3)}
+    for r in pages:
+        user, assistant = r["messages"][0]["content"], r["messages"][1]["content"]
+        # the article, not the site around it: no navigation, breadcrumbs, contents, pager or footer
+        assert not [c for c in SITE_CHROME if c in user + assistant], r["source"]
+        # the user turn is the title as a request plus the opening; the assistant continues after it
+        assert any(user.startswith(f'Write an illustrated article titled "{t}". It begins:') for t in titles)
+        opening = user.split("It begins:", 1)[1].strip()
+        assert opening and opening not in assistant and user not in assistant
+        if r["shape"] == "text":  # the proxies sit where the images were
+            kinds = [s.kind for s in segments(assistant)]
             assert kinds == ["text", "proxy", "text", "proxy", "text"], kinds
-            assert any(r["messages"][0]["content"].startswith(t) for t in titles)
 
 
 @pytest.mark.parametrize("recipe", ["documents", "single-image", "image-group", "text-seed"])

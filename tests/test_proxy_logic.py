@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from weaverdata.proxy.dedup import MinHasher, exact_key, find_duplicates, jaccard_estimate
@@ -185,3 +186,37 @@ def test_mix_counts_use_all_generation_samples_when_understanding_is_plenty():
     assert mix_counts(100, 1000, 5.0) == (100, 20)
     gen, und = mix_counts(100, 7, 5.0)
     assert und == 7 and round(gen / 5) == 7
+
+
+def test_pages_are_decoded_in_their_own_charset():
+    from weaverdata.proxy.documents import DocumentError, decode_html
+
+    page = "<html><head><title>Crème brûlée</title></head><body><p>Ein Straßencafé in Köln, à côté de la gare.</p></body></html>"
+    for codec in ("utf-16", "utf-16-be", "utf-32", "utf-8-sig"):  # each with its byte-order mark
+        data = page.encode(codec) if codec != "utf-16-be" else b"\xfe\xff" + page.encode("utf-16-be")
+        assert decode_html(data)[0] == page, codec
+    declared = page.replace("<head>", '<head><meta charset="windows-1252">').encode("cp1252")
+    assert decode_html(declared) == (page.replace("<head>", '<head><meta charset="windows-1252">'), "cp1252")
+    http_equiv = page.replace("<head>", '<head><meta http-equiv="Content-Type" content="text/html; charset=ISO-8859-1">')
+    assert decode_html(http_equiv.encode("latin-1"))[0] == http_equiv
+    undeclared = ("<html><body>" + "<p>Les élèves étudient à l'école près de la forêt, où les arbres sont très âgés.</p>" * 20 + "</body></html>")
+    assert "élèves" in decode_html(undeclared.encode("latin-1"))[0]  # no BOM, no charset, not UTF-8: detected
+    with pytest.raises(DocumentError) as info:
+        decode_html(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert info.value.reason == "not_html"
+
+
+def test_main_content_leaves_site_chrome_out_and_keeps_images_in_place():
+    from weaverdata.demo import SITE_CHROME, site_page
+
+    paras = [" ".join(f"word{k}x{i}" for i in range(40)) + "." for k in range(4)]
+    article = f"<p>{paras[0]}</p><img src='a.jpg'><p>{paras[1]}</p><figure><img src='b.jpg'></figure><p>{paras[2]}</p><p>{paras[3]}</p><img src='c.jpg'>"
+    doc = from_html(site_page("Cats of Rome", article, prev="Dogs", next_="Birds"))
+    assert doc.meta["extractor"] == "trafilatura" and doc.title == "Cats of Rome"
+    text = " ".join(i.text for i in doc.items)
+    assert not [c for c in SITE_CHROME if c in text] and all(p[:-1] in text for p in paras)
+    assert [i.kind if i.kind == "image" else "text" for i in doc.items if i.kind == "image" or i.text != "Cats of Rome"] == \
+        ["text", "image", "text", "image", "text", "text", "image"]
+    assert [i.image for i in doc.images] == ["a.jpg", "b.jpg", "c.jpg"]
+    whole = from_html(site_page("Cats of Rome", article), main_content=False)  # the whole page, as before
+    assert whole.meta["extractor"] == "html" and "All rights reserved" in " ".join(i.text for i in whole.items)

@@ -171,11 +171,13 @@ def test_documents_place_proxies_and_describe_a_repeated_subject_consistently(cf
     assert "Text before the image: Opening words about red." in prompts["d0:description"]
     assert desc_for(type("R", (), {"id": "d0:x"})) in prompts["d1:description"]  # the earlier description is in the prompt
     full, cut = drafts
-    assert [s.kind for s in segments(full.assistant)] == ["text", "proxy", "text", "proxy", "text"]
-    assert full.user.startswith("Red things Opening words")
-    assert cut.assistant.endswith(T.boi) and [s.kind for s in segments(cut.assistant)] == ["text", "proxy"]
+    # the user turn is the title as a request plus the opening; the assistant continues after it
+    assert full.user == 'Write an illustrated article titled "Red things". It begins:\n\nOpening words about red.'
+    assert [s.kind for s in segments(full.assistant)] == ["proxy", "text", "proxy", "text"]
+    assert "Opening words" not in full.assistant and "Red things" not in full.assistant
+    assert cut.assistant.endswith(T.boi) and [s.kind for s in segments(cut.assistant)] == ["proxy"]
     recs, _, _ = finish(drafts, cfg.model_copy(update={"dedup": False}), T)
-    assert sorted(rec["record"]["shape"] for rec in recs) == ["text", "text_proxy"]
+    assert sorted(rec["record"]["shape"] for rec in recs) == ["proxy", "text"]
 
 
 def test_text_seeds_accept_one_to_max_proxies(cfg):

@@ -31,6 +31,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 RayOpt = Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local one")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="delete an existing output made with another config or input")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the run summary as JSON instead of a table")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's and the engines' own logs live (they always go to OUTPUT/logs/)")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -89,10 +90,11 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
         _fail(f"run incomplete: {len(failed)} of {summary['units']['planned']} units failed ({why}); fix that and rerun the same command to redo only those", 1)
 
 
-def _job_config(model, config, input, output, set_, ray_address, overwrite):
+def _job_config(model, config, input, output, set_, ray_address, overwrite, verbose=False):
     _setup_logging()
     try:
-        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite})
+        overrides = _overrides(set_, **{"input.path": input, "output.path": output, "runtime.ray_address": ray_address, "output.overwrite": overwrite,
+                                        "runtime.verbose": verbose})
         return load_config(model, config, overrides)
     except ConfigError as exc:
         _fail(str(exc))
@@ -107,11 +109,12 @@ def ingest(
     ray_address: RayOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read images (folders, tars, JSONL/Parquet, HF datasets, video frames) into checked, hashed image shards."""
     from weaverdata.recipes import ingest as recipe
 
-    cfg = _job_config(IngestConfig, config, input, output, set_, ray_address, overwrite)
+    cfg = _job_config(IngestConfig, config, input, output, set_, ray_address, overwrite, verbose)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json)
 
 
@@ -124,11 +127,12 @@ def build_refs(
     ray_address: RayOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Mine reference-guided samples (target + references of one subject, with text) from videos, image collections or documents."""
     from weaverdata.recipes import build_refs as recipe
 
-    cfg = _job_config(RefsConfig, config, input, output, set_, ray_address, overwrite)
+    cfg = _job_config(RefsConfig, config, input, output, set_, ray_address, overwrite, verbose)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
 
 
@@ -141,11 +145,12 @@ def build_proxy(
     ray_address: RayOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Build textual-proxy interleaved documents (<imagine>description</imagine><BOI> per image) from documents, images, image groups or text seeds."""
     from weaverdata.recipes import build_proxy as recipe
 
-    cfg = _job_config(ProxyConfig, config, input, output, set_, ray_address, overwrite)
+    cfg = _job_config(ProxyConfig, config, input, output, set_, ray_address, overwrite, verbose)
     _run(recipe.RECIPE, cfg, recipe.process_unit, as_json, plan=recipe.plan_job, details_file=recipe.DETAILS)
 
 

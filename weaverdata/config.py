@@ -44,6 +44,7 @@ class RuntimeConfig(Strict):
     )
     max_retries: int = Field(3, ge=0, description="Ray retries of a unit whose worker died")
     progress: bool = True
+    verbose: bool = Field(False, description="show Ray's, Ray Data's and the engines' own logs on the console as they come (they always go to OUTPUT/logs/)")
 
 
 class InputConfig(Strict):
@@ -54,6 +55,14 @@ class InputConfig(Strict):
     image_field: str | None = Field(None, description="column holding the image (path, URL, bytes or {bytes, path}); auto-detected when unset")
     caption_field: str | None = Field(None, description="column holding text that comes with the image; auto-detected when unset")
     hf_split: str = "train"
+    # what an input may make weaverdata read (weaverdata/io/policy.py, docs/security.md)
+    allow_outside_root: bool = Field(False, description="let image references (paths, file:// URLs, symlinks) resolve outside the input root")
+    fetch_remote: bool = Field(False, description="fetch remote image references (http(s)://, s3://, ...); off: they are rejected remote_not_fetched")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="a whole remote fetch, redirects included")
+    fetch_max_bytes: int = Field(32 * 2**20, ge=1024, description="a remote image (or data: URI) larger than this is rejected fetch_too_large")
+    fetch_retries: int = Field(2, ge=0, description="retries (exponential backoff) of a fetch that timed out or failed with a connection error or HTTP 5xx/429")
+    fetch_allow_private: bool = Field(False, description="let http(s) references reach private, loopback and link-local addresses")
+    fetch_allow_hosts: list[str] = Field(default_factory=list, description="hosts exempt from the private-address refusal (an internal mirror)")
 
 
 class ImageConfig(Strict):
@@ -294,8 +303,10 @@ class DocumentsConfig(Strict):
     max_images: int = Field(30, ge=1)
     min_words: int = Field(10, ge=0)
     max_words: int = Field(2000, ge=1)
-    request: Literal["title", "vlm"] = Field("title", description="the user turn: the title and opening of the document, or a request the VLM writes")
-    opening_words: int = Field(40, ge=0, description="words of the document's opening in a title request")
+    request: Literal["title", "vlm"] = Field("title", description="the user turn: a request made of the title (and the document's opening, which the assistant turn then continues), or a request the VLM writes")
+    opening_words: int = Field(40, ge=0, description="words of the document's opening (text before its first image) given in a title request; the assistant turn starts after them")
+    main_content: bool = Field(True, description="HTML pages: keep the article only (trafilatura main-content extraction), not navigation, tables of contents and footers")
+    max_page_bytes: int = Field(8 * 2**20, ge=1024, description="an HTML page larger than this is rejected page_too_large before it is parsed")
     context_words: int = Field(80, ge=0, description="words of surrounding text given with each image to describe")
     shorten_context: bool = Field(True, description="a description request over the prompt budget (engine.max_model_len - max_tokens) is retried with half, a quarter, then none of the context before it becomes a caption_prompt_too_long reject")
     cut_samples: bool = Field(True, description="also emit the document cut after its first proxy (a text-then-proxy target)")

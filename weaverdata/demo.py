@@ -145,7 +145,7 @@ def proxy_demo(root: Path, ray_address: str | None) -> bool:
         out = root / f"proxy-{recipe}"
         summary = _run_staged(build_proxy, ProxyConfig, "build-proxy", f"proxy-{recipe}", inputs[recipe], out, ray_address, proxy_overrides(models, recipe))
         d = summary.get("details", {})
-        print(f"[demo] proxy-{recipe}: samples by shape {d.get('samples_by_shape')}, repairs {d.get('repairs')}, engine {d.get('engine_seconds')} s of {summary['timings']['wall_seconds']} s, captioning {d.get('captioning')}")
+        print(f"[demo] proxy-{recipe}: samples by shape {d.get('samples_by_shape')}, repairs {d.get('repairs')}, engine busy {d.get('engine_busy_seconds')} s of {summary['timings']['wall_seconds']} s ({d.get('engine_starts')} engine start(s)), captioning {d.get('captioning')}")
         example = _first_proxy(out)
         if example:
             print(f"[demo] e.g. {example['id']} ({example['shape']}): user {example['messages'][0]['content'][:60]!r} / assistant {example['messages'][1]['content'][:160]!r} (random weights)")
@@ -227,6 +227,22 @@ def wiki_articles(n: int = 12) -> list[tuple[str, str]]:
     return out
 
 
+SITE_CHROME = ("Site home", "Tutorials index", "Table of contents", "Prev Tutorial:", "Next Tutorial:", "All rights reserved")
+"""Text of the site around the article in :func:`site_page`: none of it belongs in a document."""
+
+
+def site_page(title: str, article: str, *, prev: str = "", next_: str = "") -> str:
+    """An HTML page the way tutorial and wiki sites serve one: a navigation bar, breadcrumbs, a
+    table of contents, the article, "Prev Tutorial / Next Tutorial" links and a footer around it."""
+    nav = "<div class='navbar'><a href='/'>Site home</a> <a href='/tutorials/'>Tutorials index</a> <a href='/about'>About</a> <a href='/search'>Search</a></div>"
+    crumbs = f"<div class='breadcrumbs'><a href='/'>Site home</a> &gt; <a href='/tutorials/'>Tutorials index</a> &gt; {title}</div>"
+    toc = "<div id='toc'><b>Table of contents</b><ul>" + "".join(f"<li><a href='#s{i}'>Section {i}</a></li>" for i in range(1, 5)) + "</ul></div>"
+    links = f"<p class='pager'>Prev Tutorial: <a href='prev.html'>{prev or 'Start'}</a> Next Tutorial: <a href='next.html'>{next_ or 'End'}</a></p>"
+    footer = "<div class='footer'>Copyright 2026 Example Docs. All rights reserved. <a href='/privacy'>Privacy</a> <a href='/terms'>Terms</a></div>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>{nav}{crumbs}{toc}"
+            f"<div class='content'><h1>{title}</h1>{article}</div>{links}{footer}</body></html>")
+
+
 def proxy_inputs(root: Path) -> dict[str, Path]:
     """Real inputs for the four build-proxy recipes under root: photos (single_image), photos with
     a crop and a mirrored copy each (image_group), Wikipedia titles (text_seed), and HTML pages
@@ -263,7 +279,7 @@ def proxy_inputs(root: Path) -> dict[str, Path]:
         paras = [" ".join(words[i : i + 60]) for i in range(0, 240, 60)]
         first, second = PROXY_PHOTOS[k], PROXY_PHOTOS[k + 1]
         body = f"<p>{paras[0]}</p><img src='img/{first}.jpg'><p>{paras[1]}</p><script>x()</script><p>{paras[2]}</p><img src='img/{second}.jpg'><p>{paras[3]}</p>"
-        (docs / "pages" / f"page{k}.html").write_text(f"<html><head><title>{title}</title></head><body><nav>menu</nav>{body}</body></html>")
+        (docs / "pages" / f"page{k}.html").write_text(site_page(title, body, prev=articles[k - 1][0] if k else "", next_=articles[k + 1][0]))
     (docs / "pages" / "no-images.html").write_text(f"<html><body><p>{articles[3][1][:2000]}</p></body></html>")
     rows = [{"texts": [articles[3][1][:600], None, "The end of the story."], "images": [None, "pages/img/coffee.jpg", None]},
             {"texts": ["too short", None], "images": [None, "pages/img/coffee.jpg"]}]

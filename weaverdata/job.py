@@ -20,10 +20,10 @@ from typing import Any
 from weaverdata import __version__, schemas
 from weaverdata.config import JobConfig
 from weaverdata.io.card import write_card
-from weaverdata.io.layout import RUN_MANIFEST, SUMMARY_JSON, SUMMARY_MD, OutputLayout
+from weaverdata.io.layout import LOGS_DIR, RUN_MANIFEST, SUMMARY_JSON, SUMMARY_MD, OutputLayout
 from weaverdata.io.sources import WorkUnit, plan_units
 from weaverdata.io.storage import Location, StorageError
-from weaverdata.runtime import connect, memory_report, run_units
+from weaverdata.runtime import connect, memory_report, run_units, save_logs
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,12 @@ def run_job(
     ray_info: dict[str, Any] = {"note": "nothing to run: every unit was already committed"}
     if pending:
         ray_info = connect(cfg.runtime)
-        if plan is not None:  # whole-job stages (models, grouping) before the per-unit writes
-            plan(cfg, units, pending, layout)
-        outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=f"{recipe} write" if plan is not None else recipe)
+        try:
+            if plan is not None:  # whole-job stages (models, grouping) before the per-unit writes
+                plan(cfg, units, pending, layout)
+            outcomes = run_units(process_unit, pending, (cfg,), cfg=cfg.runtime, total=len(pending), name=f"{recipe} write" if plan is not None else recipe)
+        finally:
+            save_logs(layout.loc, LOGS_DIR)
     failed = [{"unit": o.unit, "error": o.error} for o in outcomes if o.error]
     details = layout.read_json(details_file) if details_file else None
     return summarise(layout, recipe, cfg, command or " ".join(sys.argv), started_at, time.monotonic() - t0, len(done), failed, ray_info, details, memory_report())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import socket
 import sys
 import time
@@ -42,7 +43,9 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
         common = dict(
             logging_level=logging.WARNING,
-            log_to_driver=True,
+            # the workers' own output (engines, tasks) stays in their log files, which the job
+            # copies into OUTPUT/logs/; runtime.verbose (--verbose) shows it live as well
+            log_to_driver=cfg.verbose,
             configure_logging=True,
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
         )
@@ -51,11 +54,14 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
                 probe_address(address)
                 ray.init(address=address, **common)
             else:
+                if not cfg.verbose:  # a local Ray says at every start that it made itself a token (it is on by default): not news
+                    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
                 _start_local(lambda: ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.object_store_memory, include_dashboard=False, _node_ip_address="127.0.0.1", **common))
         except (ConnectionError, TimeoutError, ValueError) as exc:
             raise RuntimeError_(f"cannot start or join Ray (address={address or 'local'}): {exc}") from exc
     fit_blocks_to_object_store()
+    quiet_ray_data(cfg.verbose)
     resources = ray.cluster_resources()
     return {
         "address": ray.get_runtime_context().gcs_address,
@@ -63,6 +69,49 @@ def connect(cfg: RuntimeConfig) -> dict[str, Any]:
         "cpus": resources.get("CPU", 0.0),
         "gpus": resources.get("GPU", 0.0),
     }
+
+
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data logs every dataset's plan and progress at INFO on the console (hundreds of lines
+    a run); keep them in its log file (ray-data.log, copied into OUTPUT/logs/) and show its
+    warnings only, unless verbose."""
+    import ray.data  # noqa: F401  (configures the 'ray.data' logger on import)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+LOG_SUFFIXES = (".out", ".err", ".log")
+
+
+def save_logs(loc: Any, folder: str = "logs", max_file_bytes: int = 64 * 2**20) -> int:
+    """Copy the Ray session's log files on this machine (worker and engine output, Ray Data's
+    log, the raylet's) into ``folder`` of an output location. A cluster's other nodes keep theirs
+    (``ray logs`` reads them). Returns the number of files copied."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return 0
+    src = node.get_logs_dir_path()
+    copied = 0
+    for sub in ("", "ray-data"):  # the workers' and Ray's own logs, then Ray Data's
+        try:
+            names = sorted(os.listdir(os.path.join(src, sub)))
+        except OSError:
+            continue
+        loc.makedirs(posixpath.join(folder, sub) if sub else folder)
+        for name in names:
+            path = os.path.join(src, sub, name)
+            try:
+                if not name.endswith(LOG_SUFFIXES) or not os.path.isfile(path) or not 0 < os.path.getsize(path) <= max_file_bytes:
+                    continue
+                loc.fs.put_file(path, loc.path(folder, sub, name) if sub else loc.path(folder, name))
+                copied += 1
+            except OSError as exc:
+                log.debug("log %s not copied: %s", name, exc)
+    return copied
 
 
 def _start_local(start: Callable[[], Any], attempts: int = 3) -> None:

@@ -312,12 +312,14 @@ class VLLMBackend:
     def process_dataset(self, ds, sampling: dict[str, Any]):
         """Ray Dataset of {key, forms (JSON list of message lists: the messages, then shorter forms),
         images (list of bytes), regex} -> output rows (see :data:`~weaverdata.engines.engine_pool.OUTPUT_COLUMNS`)."""
+        from ray.data import ActorPoolStrategy
+
         prepared = ds.map_batches(
             PrepareChat,
             fn_constructor_kwargs={"model": self.cfg.model, "revision": self.cfg.revision, "max_pixels": self.cfg.max_pixels,
                                    "max_model_len": self.cfg.max_model_len, "max_tokens": int(sampling["max_tokens"])},
             batch_size=self.cfg.batch_size,
-            concurrency=max(1, self.cfg.replicas),
+            compute=ActorPoolStrategy(size=max(1, self.cfg.replicas)),
             num_cpus=self.cfg.prep_cpus,
         )
         ok = prepared.filter(lambda r: not r["prep_error"])

@@ -6,6 +6,7 @@
     OUT/rejects/part-<unit>.parquet      inputs of the unit that became no sample, with reasons
     OUT/stats/part-<unit>.json           the unit's commit marker, written last
     OUT/summary.json, OUT/summary.md     the run summary, written when the run ends
+    OUT/logs/                            Ray's, Ray Data's and the engines' own logs of the last run (this machine's)
 
 A unit exists only if its stats file exists; files of a unit without one are leftovers of a
 killed attempt and are deleted before the unit is redone.
@@ -27,6 +28,7 @@ REJECTS_DIR = "rejects"
 STATS_DIR = "stats"
 WORK_DIR = "work"  # recipes' intermediate, resumable state (build-refs: prep, plans, caption cache)
 EMBEDDINGS_DIR = "embeddings"
+LOGS_DIR = "logs"
 
 
 class OutputLayout:

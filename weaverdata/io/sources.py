@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from weaverdata.config import InputConfig
+from weaverdata.io.policy import InputPolicy, ReferenceRejected, check_inside, resolve_reference
 from weaverdata.io.storage import Location
 from weaverdata.items import SourceItem, sample_id  # noqa: F401  (re-exported: readers and recipes import them from here)
 
@@ -230,9 +231,17 @@ def _plan_hf(loc: Location | None, cfg: InputConfig) -> list[WorkUnit]:
 def read_unit(unit: WorkUnit, cfg: InputConfig, video_cfg=None) -> Iterator[SourceItem]:
     """Yield every input sample of `unit`, in a fixed order."""
     loc = Location.of(unit.root) if unit.root else None
+    policy = InputPolicy.of(cfg)
     if unit.kind == "images":
-        yield from _read_image_files(loc, unit)
-    elif unit.kind == "webdataset":
+        yield from _read_image_files(loc, unit, policy)
+        return
+    if loc is not None and unit.path and unit.kind != "hf":
+        try:
+            check_inside(loc, unit.path, policy)
+        except ReferenceRejected as exc:
+            yield SourceItem(unit.path, error=(exc.reason, exc.detail))
+            return
+    if unit.kind == "webdataset":
         yield from _read_tar(loc, unit.path)
     elif unit.kind == "jsonl":
         yield from _read_jsonl(loc, unit)
@@ -252,10 +261,17 @@ def _read_bytes(loc: Location, rel: str) -> bytes:
     return loc.fs.cat_file(loc.path(rel))
 
 
-def _read_image_files(loc: Location, unit: WorkUnit) -> Iterator[SourceItem]:
+def _read_image_files(loc: Location, unit: WorkUnit, policy: InputPolicy) -> Iterator[SourceItem]:
     for rel, txt, meta in unit.items:
         if _kind_of(_ext(rel), "auto") != "images":
             yield SourceItem(rel, error=("unsupported_file", f"not an image, video, tar, jsonl or parquet file (.{_ext(rel)})"))
+            continue
+        try:
+            for f in (rel, txt, meta):
+                if f:
+                    check_inside(loc, f, policy)
+        except ReferenceRejected as exc:
+            yield SourceItem(rel, error=(exc.reason, exc.detail))
             continue
         try:
             data = _read_bytes(loc, rel)
@@ -413,7 +429,9 @@ def image_from_row(item: SourceItem, input_cfg: InputConfig, root: str) -> Sourc
     caption = row.get(cap_name) if cap_name else ""
     meta = {k: v for k, v in row.items() if k not in (field_name, cap_name) and _jsonable(v)}
     try:
-        data = _resolve_image_value(value, root, item.payload.get("base", ""))
+        data = resolve_reference(value, root, item.payload.get("base", ""), InputPolicy.of(input_cfg))
+    except ReferenceRejected as exc:
+        return SourceItem(item.locator, error=(exc.reason, f"{field_name}: {exc.detail}"))
     except OSError as exc:
         return SourceItem(item.locator, error=("read_error", f"{field_name}: {exc}"))
     except (TypeError, ValueError) as exc:
@@ -423,26 +441,3 @@ def image_from_row(item: SourceItem, input_cfg: InputConfig, root: str) -> Sourc
 
 def _jsonable(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool)) or v is None
-
-
-def _resolve_image_value(value: Any, root: str, base: str) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes(value["bytes"])
-        if value.get("path"):
-            return _resolve_image_value(value["path"], root, base)
-        raise ValueError("image dict has neither bytes nor path")
-    if isinstance(value, str):
-        if "://" in value or value.startswith("/"):
-            import fsspec
-
-            with fsspec.open(value, "rb") as f:
-                return f.read()
-        loc = Location.of(root)
-        rel = posixpath.normpath(posixpath.join(base, value))
-        if rel.startswith(".."):
-            raise ValueError(f"relative path {value!r} leaves the input root")
-        return loc.fs.cat_file(loc.path(rel))
-    raise TypeError(f"unsupported image value of type {type(value).__name__}")

@@ -177,12 +177,13 @@ def embed_dataset(ds, cfg: ClipConfig, image_column: str = "image"):
 
     Name the bytes column rather than renaming it: Ray Data's rename_columns merges blocks (into
     ~128 MiB ones, measured on ray 2.60), which defeats streaming on a small object store."""
-    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg, "image_column": image_column}, batch_size=cfg.batch_size, concurrency=cfg.prep_replicas, num_cpus=cfg.prep_cpus)
+    from ray.data import ActorPoolStrategy
+    prepared = ds.map_batches(PrepareClipBatch, fn_constructor_kwargs={"cfg": cfg, "image_column": image_column}, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=cfg.prep_replicas), num_cpus=cfg.prep_cpus)
     return prepared.map_batches(
         ClipImageStage,
         fn_constructor_kwargs={"cfg": cfg},
         batch_size=cfg.batch_size,
-        concurrency=cfg.replicas,
+        compute=ActorPoolStrategy(size=cfg.replicas),
         num_cpus=cfg.cpus_per_replica,
         num_gpus=cfg.gpus_per_replica or None,
     )

@@ -135,12 +135,224 @@ class _Html(HTMLParser):
             self._buf.append(data)
 
 
-def from_html(html: str) -> Document:
+def from_html(html: str, *, main_content: bool = True) -> Document:
+    """A page as a document: its ``<title>`` and, with ``main_content``, only its article, each
+    ``<img>`` at its place in the text.
+
+    The page is read in order (scripts, styles, nav, header, footer, aside skipped). With
+    ``main_content``, trafilatura's main-content extraction decides which text blocks are the
+    article: navigation, breadcrumbs, tables of contents, "next tutorial" links and footers
+    are left out. Trafilatura keeps only some images (none outside paragraphs, for one), so
+    images are not taken from it: an image stays when trafilatura kept it or when the text
+    next to it (before or after, nothing between) is article text. A page with no article
+    found is read whole.
+    ``meta["extractor"]`` says which way the page was read.
+    """
     p = _Html()
     p.feed(html)
     p.close()
     p._flush()
-    return Document(p.items, title=" ".join(p.title.split()))
+    title = " ".join(p.title.split())
+    if main_content:
+        main = _main_blocks(html)
+        if main is not None:
+            items = _keep_main(p.items, *main)
+            if any(i.kind == "text" for i in items):
+                return Document(items, title=title, meta={"extractor": "trafilatura"})
+    return Document(p.items, title=title, meta={"extractor": "html"})
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _keep_main(items: list[Item], blocks: list[str], images: set[str]) -> list[Item]:
+    """The items of a page that belong to its article: the text blocks trafilatura kept, and
+    each image it kept or that stands next to one of those blocks (no other text between). Pure.
+
+    >>> page = [Item("image", image="logo.png"), Item("text", text="Home Docs"), Item("text", text="Cats sleep in the ruins of Rome all day."),
+    ...         Item("image", image="cat.jpg"), Item("text", text="They wake at dusk."), Item("text", text="Next Tutorial: Dogs")]
+    >>> [i.text or i.image for i in _keep_main(page, ["Cats sleep in the ruins of Rome all day.", "They wake at dusk."], set())]
+    ['Cats sleep in the ruins of Rome all day.', 'cat.jpg', 'They wake at dusk.']
+    """
+    exact = {_norm(b) for b in blocks}
+    joined = " " + " ".join(_norm(b) for b in blocks) + " "
+    def main_text(it: Item) -> bool:
+        n = _norm(it.text)
+        return bool(n) and (n in exact or (len(n) >= 40 and f" {n} " in joined))
+    kept_text = [k for k, it in enumerate(items) if it.kind == "text" and main_text(it)]
+    if not kept_text:
+        return []
+    keep = set(kept_text)
+    texts = [k for k, it in enumerate(items) if it.kind == "text"]
+    for k, it in enumerate(items):
+        if it.kind != "image":
+            continue
+        before = max((t for t in texts if t < k), default=None)
+        after = min((t for t in texts if t > k), default=None)
+        if it.image in images or before in keep or after in keep:
+            keep.add(k)
+    return [it for k, it in enumerate(items) if k in keep]
+
+
+_XML_BLOCK = {"head", "p", "item", "quote", "row", "cell", "code", "list", "table", "main", "lb"}
+
+
+def _main_blocks(html: str) -> tuple[list[str], set[str]] | None:
+    """trafilatura's article: its text blocks and the image sources it kept, or None."""
+    import trafilatura
+    from lxml import etree
+
+    xml = trafilatura.extract(html, output_format="xml", include_images=True, include_links=False, include_comments=False,
+                              include_tables=True, favor_recall=True, deduplicate=False)
+    if not xml:
+        return None
+    try:
+        root = etree.fromstring(xml.encode("utf-8"), parser=etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError:
+        return None
+    main = root.find("main")
+    if main is None:
+        return None
+    blocks: list[str] = []
+    images: set[str] = set()
+    buf: list[str] = []
+
+    def flush() -> None:
+        text = " ".join(" ".join(buf).split())
+        if text:
+            blocks.append(text)
+        buf.clear()
+
+    def walk(el) -> None:
+        if el.tag == "graphic":
+            if el.get("src"):
+                images.add(el.get("src"))
+            return
+        block = el.tag in _XML_BLOCK
+        if block:
+            flush()
+        if el.text:
+            buf.append(el.text)
+        for child in el:
+            walk(child)
+            if child.tail:
+                buf.append(child.tail)
+        if block:
+            flush()
+
+    walk(main)
+    flush()
+    return blocks, images
+
+
+def document_turns(items: list[Item], title: str, *, request: str = "", opening_words: int = 40) -> tuple[str, list[Item]]:
+    """The user turn of a document sample and the items the assistant turn is made of. Pure.
+
+    A VLM-written ``request`` is the user turn as it is. Otherwise the title becomes a request
+    and the document's opening (at most ``opening_words`` words of the text before its first
+    image) is given with it; the assistant turn continues after the opening, so no text is in
+    both turns (a planner must not learn to echo its prompt). A heading that repeats the title
+    is left out of the assistant turn for the same reason.
+
+    >>> user, rest = document_turns([Item("text", text="Cats of Rome"), Item("text", text="Cats sleep. They wake at dusk."), Item("image", image=0)], "Cats of Rome", opening_words=3)
+    >>> print(user)
+    Write an illustrated article titled "Cats of Rome". It begins:
+    <BLANKLINE>
+    Cats sleep.
+    >>> [(i.kind, i.text) for i in rest]
+    [('text', 'They wake at dusk.'), ('image', '')]
+    """
+    body = list(items)
+    t = _norm(title)
+    while t and body and body[0].kind == "text" and _norm(body[0].text) == t:
+        body.pop(0)
+    if request:
+        return request, body
+    opening, rest = split_opening(body, opening_words)
+    ask = f'Write an illustrated article titled "{title}".' if title else ""
+    if opening:
+        return (f"{ask} It begins:\n\n{opening}" if ask else f"Continue this text:\n\n{opening}"), rest
+    return ask or "Write an illustrated article.", rest
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.IGNORECASE)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def decode_html(raw: bytes) -> tuple[str, str]:
+    r"""A page's text and the charset it was read with: its byte-order mark, else the charset its
+    ``<meta charset>`` or HTTP-equiv Content-Type names, else UTF-8 if it decodes, else what
+    charset_normalizer detects (windows-1252 among equally good fits, as browsers do). Raises
+    DocumentError ``not_html`` for binary content.
+
+    >>> decode_html("<p>caf\u00e9</p>".encode("utf-16"))
+    ('<p>café</p>', 'utf-16-le')
+    >>> decode_html(b'<meta charset="iso-8859-1"><p>caf\xe9</p>')[1]
+    'iso8859-1'
+    """
+    import codecs
+
+    text, charset = None, ""
+    for bom, name in _BOMS:
+        if raw.startswith(bom):
+            text, charset = raw[len(bom) :].decode(name.removesuffix("-sig"), "replace"), name.removesuffix("-sig")
+            break
+    if text is None:
+        m = _META_CHARSET.search(raw[:8192])
+        if m:
+            try:
+                charset = codecs.lookup(m.group(1).decode("ascii")).name
+                text = raw.decode(charset, "replace")
+            except (LookupError, UnicodeDecodeError):
+                text = None
+    if text is None and b"\x00" not in raw[:4096]:
+        try:
+            text, charset = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text = None
+    if text is None:
+        import charset_normalizer
+
+        matches = list(charset_normalizer.from_bytes(raw[: 2**20]))
+        if not matches:
+            raise DocumentError("not_html", "binary content: no text encoding fits it")
+        # single-byte codepages often fit equally well; among the best fits, windows-1252 is what
+        # browsers assume for an undeclared legacy page (the HTML standard's default)
+        tied = [m for m in matches if m.chaos <= matches[0].chaos + 1e-9]
+        charset = next((m.encoding for m in tied if m.encoding == "cp1252"), matches[0].encoding)
+        text = raw.decode(charset, "replace")
+    sample = text[:4096]
+    control = sum(1 for c in sample if ord(c) < 32 and c not in "\t\n\r\f") + sample.count("\ufffd")
+    if sample and control > 0.05 * len(sample):
+        raise DocumentError("not_html", f"binary content ({control} control or undecodable characters in the first {len(sample)})")
+    return text, charset
+
+
+def split_opening(items: list[Item], words: int) -> tuple[str, list[Item]]:
+    """The document's opening (at most ``words`` words of the text before its first image, cut
+    at the end of a sentence where one ends in it) and the items that follow it. Pure.
+
+    >>> op, rest = split_opening([Item("text", text="One two. Three four five."), Item("image", image="a.png")], 3)
+    >>> op, [(i.kind, i.text) for i in rest]
+    ('One two.', [('text', 'Three four five.'), ('image', '')])
+    """
+    taken: list[str] = []
+    rest = list(items)
+    while rest and rest[0].kind == "text" and len(taken) < words:
+        w = rest[0].text.split()
+        room = words - len(taken)
+        if len(w) <= room:
+            taken += w
+            rest.pop(0)
+            continue
+        head = w[:room]
+        ends = [k for k, x in enumerate(head) if x.endswith((".", "!", "?", ":", ";"))]
+        cut = ends[-1] + 1 if ends else room
+        taken += w[:cut]
+        rest[0] = Item("text", text=" ".join(w[cut:]))
+        break
+    return " ".join(taken), rest
 
 
 def image_verdict(width: int, height: int, *, min_side: int = 150, aspect_range: tuple[float, float] = (0.5, 2.0)) -> Verdict:

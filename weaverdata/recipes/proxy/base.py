@@ -28,7 +28,7 @@ PREP_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("unit", pa.string()),
         ("locator", pa.string()),
-        ("kind", pa.string()),  # image | document | doc_image | seed
+        ("kind", pa.string()),  # image | document | doc_image | seed | asset (a page's file, not an input)
         ("parent", pa.string()),  # doc_image: the document's id
         ("position", pa.int32()),  # doc_image: its index among the document's images
         ("data", pa.binary()),

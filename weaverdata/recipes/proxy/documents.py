@@ -23,7 +23,8 @@ import numpy as np
 
 from weaverdata.config import ProxyConfig
 from weaverdata.io.layout import OutputLayout
-from weaverdata.io.sources import WorkUnit, _resolve_image_value, read_unit, sample_id
+from weaverdata.io.policy import InputPolicy, ReferenceRejected, check_inside, resolve_reference
+from weaverdata.io.sources import IMAGE_EXTS, WorkUnit, read_unit, sample_id
 from weaverdata.io.storage import Location
 from weaverdata.proxy import documents as docs
 from weaverdata.proxy.format import cut_after_proxy
@@ -31,7 +32,10 @@ from weaverdata.proxy.rounds import Draft, TextRound, described_by, image_entry,
 from weaverdata.recipes.proxy.base import judge_image, prep_row, read_unit_prep
 from weaverdata.recipes.staged import embed_prep, read_items, read_prep_meta, write_items
 
-HTML_EXTS = ("html", "htm")
+HTML_EXTS = ("html", "htm", "xhtml")
+ASSET_EXTS = IMAGE_EXTS | {"svg", "css", "js", "mjs", "woff", "woff2", "ttf", "otf", "eot", "map", "ico"}
+"""Files a saved page brings along (its images, styles, scripts, fonts): they belong to the page,
+so a folder listing does not count them as inputs (the summary counts them as page_assets)."""
 CHARS_PER_WORD = 12  # a context of N words is also cut at 12 N characters (one "word" of a crawled page can be a whole URL or script)
 
 
@@ -42,14 +46,16 @@ class Documents:
         return prepare_documents(unit, cfg)
 
     def is_input(self, row: dict[str, Any]) -> bool:
-        return row["kind"] != "doc_image"
+        return row["kind"] == "document"
 
     def plan(self, cfg: ProxyConfig, units: list[WorkUnit], layout: OutputLayout) -> dict[str, Any]:
         """Which document images repeat an earlier subject of their document (embeddings on the
         driver: ids and vectors only), as one small items file per unit."""
-        if cfg.documents.same_subject_cosine >= 1:
-            return {}
         meta = read_prep_meta(layout, units, ["id", "unit", "kind", "parent", "position", "reason"])
+        counts = {"page_assets": sum(1 for r in meta if r["kind"] == "asset"),
+                  "document_images_left_out": dict(sorted(Counter(r["reason"] for r in meta if r["kind"] == "doc_image" and r["reason"]).items()))}
+        if cfg.documents.same_subject_cosine >= 1:
+            return counts
         rows = sorted((r for r in meta if r["kind"] == "doc_image" and not r["reason"]), key=lambda r: (r["parent"], r["position"]))
         ids, emb = embed_prep(layout, units, cfg.clip, kind="doc_image")
         emb_of = dict(zip(ids, emb))
@@ -65,7 +71,7 @@ class Documents:
             per_unit[unit_of[i]].append({"kind": "link", "id": i, "members": [earlier], "member_units": [unit_of[i]]})
         for u, items in per_unit.items():
             write_items(layout, u, items)
-        return {"repeated_subjects": len(links)}
+        return {**counts, "repeated_subjects": len(links)}
 
     def drafts(self, unit: WorkUnit, cfg: ProxyConfig, rounds: TextRound, layout: OutputLayout) -> tuple[list[Draft], dict[str, tuple[str, str]]]:
         rows = read_unit_prep(layout, unit.unit, ("document", "doc_image"))
@@ -96,19 +102,36 @@ def same_subject_links(images_by_doc: dict[str, list[str]], emb_of: dict[str, np
 
 
 def document_items(unit: WorkUnit, cfg: ProxyConfig):
-    """(locator, Document | None, (reason, detail) | None, base folder) for every input document."""
+    """(locator, Document | None, (reason, detail) | None, base folder) for every input document;
+    a page asset in a folder listing is (locator, None, ("page_asset", ...), "")."""
     loc = Location.of(unit.root)
-    if unit.kind == "images":  # a folder listing: HTML pages are documents, anything else is not
+    policy = InputPolicy.of(cfg.input)
+    if unit.kind == "images":  # a folder listing: HTML pages are documents, their assets are not inputs
         for rel, _txt, _meta in unit.items:
-            if rel.rsplit(".", 1)[-1].lower() not in HTML_EXTS:
-                yield rel, None, ("not_a_document", "the documents recipe reads HTML pages, JSON Lines and Parquet rows"), ""
+            ext = rel.rsplit(".", 1)[-1].lower() if "." in posixpath.basename(rel) else ""
+            if ext not in HTML_EXTS:
+                if ext in ASSET_EXTS:
+                    yield rel, None, ("page_asset", "a file a page may use; not a document of its own"), ""
+                else:
+                    yield rel, None, ("not_a_document", "the documents recipe reads HTML pages, JSON Lines and Parquet rows"), ""
                 continue
             try:
-                html = loc.fs.cat_file(loc.path(rel)).decode("utf-8", "replace")
+                check_inside(loc, rel, policy)
+                size = loc.fs.size(loc.path(rel))
+                if size > cfg.documents.max_page_bytes:
+                    raise docs.DocumentError("page_too_large", f"{size} bytes > documents.max_page_bytes {cfg.documents.max_page_bytes}")
+                html, _charset = docs.decode_html(loc.fs.cat_file(loc.path(rel)))
+                doc = docs.from_html(html, main_content=cfg.documents.main_content)
+            except ReferenceRejected as exc:
+                yield rel, None, (exc.reason, exc.detail), ""
+                continue
+            except docs.DocumentError as exc:
+                yield rel, None, (exc.reason, exc.detail), ""
+                continue
             except OSError as exc:
                 yield rel, None, ("read_error", str(exc)), ""
                 continue
-            yield rel, docs.from_html(html), None, posixpath.dirname(rel)
+            yield rel, doc, None, posixpath.dirname(rel)
         return
     for item in read_unit(unit, cfg.input):
         if item.error:
@@ -124,32 +147,45 @@ def document_items(unit: WorkUnit, cfg: ProxyConfig):
 
 
 def prepare_documents(unit: WorkUnit, cfg: ProxyConfig) -> list[dict[str, Any]]:
+    """Prep rows: one per document (accepted, or rejected with its reason), one per kept image
+    of an accepted document, one per image left out (its reason and detail: a reference the input
+    policy refuses, an undecodable or too small image), one per page asset."""
     rows = []
     d = cfg.documents
+    policy = InputPolicy.of(cfg.input)
     for locator, doc, error, base in document_items(unit, cfg):
         did = sample_id(locator)
         if error:
-            rows.append(prep_row(unit.unit, did, locator, "document", reason=error[0], stage="read", detail=error[1]))
+            kind = "asset" if error[0] == "page_asset" else "document"
+            rows.append(prep_row(unit.unit, did, locator, kind, reason=error[0], stage="read", detail=error[1]))
             continue
-        kept_items, image_rows, dropped = [], [], Counter()
-        for item in doc.items:
+        kept_items, image_rows, dropped, dropped_rows = [], [], Counter(), []
+        for pos, item in enumerate(doc.items):
             if item.kind == "text":
                 kept_items.append({"text": item.text})
                 continue
             k = len(image_rows)
+            ref = item.image if isinstance(item.image, str) else f"{locator}#item={pos}"
             try:
-                data = _resolve_image_value(item.image, unit.root, base)
+                data = resolve_reference(item.image, unit.root, base, policy)
+            except ReferenceRejected as exc:
+                dropped[exc.reason] += 1
+                dropped_rows.append(prep_row(unit.unit, sample_id(f"{locator}#item={pos}"), ref[:2000], "doc_image", parent=did, reason=exc.reason, stage="read", detail=exc.detail))
+                continue
             except (OSError, ValueError, TypeError) as exc:
-                dropped[f"read_error: {type(exc).__name__}"] += 1
+                dropped["read_error"] += 1
+                dropped_rows.append(prep_row(unit.unit, sample_id(f"{locator}#item={pos}"), ref[:2000], "doc_image", parent=did, reason="read_error", stage="read", detail=f"{type(exc).__name__}: {exc}"[:500]))
                 continue
             fields, bad = judge_image(data, cfg)
             verdict = docs.image_verdict(fields["width"], fields["height"], min_side=cfg.quality.min_side or 1, aspect_range=(cfg.quality.aspect_min, cfg.quality.aspect_max)) if fields else None
             if bad or not verdict.ok:
-                dropped[bad[0] if bad else verdict.reason] += 1
+                reason, stage, detail = bad if bad else (verdict.reason, "filter", verdict.detail)
+                dropped[reason] += 1
+                dropped_rows.append(prep_row(unit.unit, sample_id(f"{locator}#item={pos}"), ref[:2000], "doc_image", parent=did, reason=reason, stage=stage, detail=detail))
                 continue
-            src = item.image if isinstance(item.image, str) else f"{locator}#image={k}"
-            image_rows.append(prep_row(unit.unit, sample_id(f"{locator}#image={k}"), src[:2000], "doc_image", parent=did, position=k, data=data, **fields))
+            image_rows.append(prep_row(unit.unit, sample_id(f"{locator}#image={k}"), ref[:2000], "doc_image", parent=did, position=k, data=data, **fields))
             kept_items.append({"image": k})
+        rows += dropped_rows
         kept = docs.Document([docs.Item("image") if "image" in i else docs.Item("text", text=i["text"]) for i in kept_items], doc.title)
         v = docs.document_verdict(kept, min_images=d.min_images, max_images=d.max_images, min_words=d.min_words, max_words=d.max_words)
         if not v.ok:
@@ -215,14 +251,14 @@ def plan_documents(doc_rows: list[dict], images_by_doc: dict[str, list[dict]], f
             failed[did] = errors.get(did) or errors.get(missing[0]) or ("caption_missing", f"image {missing[0]} has no description")
             continue
         doc = parsed[did]
-        words = " ".join(i["text"] for i in doc["items"] if "text" in i).split()
-        request = request_texts.get(did) or " ".join(x for x in (doc["title"], " ".join(words[: d.opening_words])) if x).strip()
-        parts = [rounds.tags.proxy(descs[ims[i["image"]]["id"]]) if "image" in i else i["text"] for i in doc["items"]]
+        items = [docs.Item("image", image=i["image"]) if "image" in i else docs.Item("text", text=i["text"]) for i in doc["items"]]
+        request, rest = docs.document_turns(items, doc["title"], request=request_texts.get(did, ""), opening_words=d.opening_words)
+        parts = [rounds.tags.proxy(descs[ims[i.image]["id"]]) if i.kind == "image" else i.text for i in rest if i.kind == "image" or i.text]
         content = ""
         for p in parts:
             content = p if not content else content + ("" if content.endswith(rounds.tags.boi) and p.startswith(rounds.tags.open) else " ") + p
         entries = [image_entry(k, "output", im, descs[im["id"]], described_by(cfg, desc_sha)) for k, im in enumerate(ims)]
-        full = Draft(sample_id(f"proxy|documents|{did}"), [did], row["unit"], row["locator"], user=request or "Continue.", assistant=content, images=entries, expected=len(ims))
+        full = Draft(sample_id(f"proxy|documents|{did}"), [did], row["unit"], row["locator"], user=request, assistant=content, images=entries, expected=len(ims))
         drafts.append(full)
         cut = cut_after_proxy(content, 1, rounds.tags) if d.cut_samples and ims else content
         if cut != content:  # a text-then-proxy (or proxy) target, unless the document already is one
