@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"[demo] weaverdata ingest: {inp} -> {out}", flush=True)
     summary = run_job("ingest", cfg, ingest.process_unit, command=f"weaverdata ingest -c pipelines/ingest.yaml -i {inp} -o {out}")
-    print(render_summary(summary))
+    print(_headline(summary, out))
     report = validate_output(str(out))
     print(f"[demo] weaverdata validate {out}: {'valid' if report.ok else 'INVALID'} ({report.units} units, {report.samples} samples, {report.rejects} rejects)")
     for err in report.errors:
@@ -94,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tiny_models(root: Path) -> dict[str, Path]:
+    from transformers.utils import logging as hf_logging
+
     from weaverdata.models.clip import build_tiny_clip
     from weaverdata.models.tiny import build_all
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars for models of a few KB
     models = {k: Path(v) for k, v in build_all(root / "tiny-models").items()}
     models["clip"] = build_tiny_clip(root / "tiny-models" / "clip")
     return models
@@ -123,8 +126,14 @@ def _run_staged(module, model, command_name: str, pipeline: str, source: Path, o
     command = _command(f"weaverdata {command_name} -c pipelines/{pipeline}.yaml -i {source} -o {out} --overwrite", overrides)
     print(f"[demo] {command}", flush=True)
     summary = run_job(module.RECIPE, cfg, module.process_unit, command=command, plan=module.plan_job, details_file=module.DETAILS)
-    print(render_summary(summary))
+    print(_headline(summary, out))
     return summary
+
+
+def _headline(summary: dict, out: Path) -> str:
+    """The run summary's head (status, accounting, units, time, memory); its tables of groups and
+    reject reasons stay in OUT/summary.md, so the demo's console stays readable."""
+    return render_summary(summary).split("\n\n| group |")[0].rstrip() + f"\n- groups and reject reasons: {out}/summary.md\n"
 
 
 def _command(head: str, overrides: dict[str, object]) -> str:
