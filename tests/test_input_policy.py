@@ -48,6 +48,9 @@ def test_paths_resolve_inside_the_root_only(tree):
     assert resolve_reference("ok.png", str(root), "img", InputPolicy()) == b"inside"  # relative to the document's folder
     assert resolve_reference("img/inner-link.png", str(root), "", InputPolicy()) == b"inside"  # a symlink that stays inside
     assert resolve_reference(str(root / "img" / "ok.png"), str(root), "", InputPolicy()) == b"inside"  # absolute, but inside
+    (root / "img" / "my photo.png").write_bytes(b"spaced")
+    assert resolve_reference("img/my%20photo.png?v=2#top", str(root), "", InputPolicy()) == b"spaced"  # a page's URL path names the file
+    assert rejected("img/%2E%2E/%2E%2E/secret.png", root) == "outside_input"  # decoding cannot sneak out either
     for ref in (str(secret), f"file://{secret}", "img/link.png", "../secret.png", "img/../../secret.png", "file://otherhost/etc/passwd"):
         assert rejected(ref, root) == "outside_input", ref
     allowed = InputPolicy(allow_outside_root=True)
@@ -61,7 +64,7 @@ def test_data_uris_are_decoded_within_the_byte_limit(tree):
 
 
 def test_remote_references_are_not_fetched_unless_allowed(tree):
-    for ref in ("http://example.com/a.png", "https://example.com/a.png", "s3://bucket/a.png", "gs://bucket/a.png"):
+    for ref in ("http://example.com/a.png", "https://example.com/a.png", "//cdn.example.com/a.png", "s3://bucket/a.png", "gs://bucket/a.png"):
         assert rejected(ref, tree["root"]) == "remote_not_fetched", ref
 
 

@@ -49,7 +49,7 @@ class RuntimeConfig(Strict):
 
 class InputConfig(Strict):
     path: str | None = Field(None, description="file, folder or URL (fsspec); a hub dataset name with format=hf")
-    format: Literal["auto", "images", "webdataset", "jsonl", "parquet", "hf", "video"] = "auto"
+    format: Literal["auto", "images", "webdataset", "jsonl", "parquet", "hf", "video", "warc"] = "auto"
     samples_per_shard: int = Field(1000, ge=1, description="images per work unit for folders of images; rows per unit for Parquet and HF datasets")
     jsonl_bytes_per_shard: int = Field(64 * 2**20, ge=1024, description="byte range per work unit for JSON Lines")
     image_field: str | None = Field(None, description="column holding the image (path, URL, bytes or {bytes, path}); auto-detected when unset")

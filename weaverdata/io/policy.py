@@ -92,6 +92,8 @@ def resolve_reference(value: Any, root: str, base: str, policy: InputPolicy) -> 
     if not isinstance(value, str):
         raise TypeError(f"unsupported image value of type {type(value).__name__}")
     ref = value.strip()
+    if ref.startswith("//"):  # a protocol-relative URL (common in pages): remote, not a path
+        ref = "https:" + ref
     scheme = scheme_of(ref)
     if scheme == "data":
         return _data_uri(ref, policy.fetch_max_bytes)
@@ -102,6 +104,17 @@ def resolve_reference(value: Any, root: str, base: str, policy: InputPolicy) -> 
         return _read_path(urllib.parse.unquote(parsed.path), root, policy, shown=ref)
     if scheme:
         return fetch(ref, policy)
+    try:
+        return _read_local(ref, root, base, policy)
+    except FileNotFoundError:
+        # a page's reference is a URL path: "my%20photo.png?v=2" names the file "my photo.png"
+        as_url = urllib.parse.unquote(urllib.parse.urlsplit(ref).path)
+        if not as_url or as_url == ref:
+            raise
+        return _read_local(as_url, root, base, policy)
+
+
+def _read_local(ref: str, root: str, base: str, policy: InputPolicy) -> bytes:
     if ref.startswith("/"):
         return _read_path(ref, root, policy, shown=ref)
     rel = posixpath.normpath(posixpath.join(base, ref))

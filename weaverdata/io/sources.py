@@ -13,6 +13,7 @@ Every item carries a *locator*, the sample's place in the input relative to the 
     table.parquet#row=12      a Parquet row (index within the file)
     hf:train#row=12           a row of an HF dataset split
     clip.mp4#frame=120        a video frame
+    crawl.warc.gz@5678        the WARC record starting at byte 5678
 
 and the stable sample id is a hash of it (`sample_id`), so reruns and other machines agree.
 """
@@ -23,6 +24,7 @@ import json
 import posixpath
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +40,7 @@ TAR_EXTS = frozenset({"tar"})
 JSONL_EXTS = frozenset({"jsonl", "ndjson"})
 PARQUET_EXTS = frozenset({"parquet"})
 SIDECAR_EXTS = frozenset({"txt", "json"})
+WARC_SUFFIXES = (".warc", ".warc.gz")
 IMAGE_FIELDS = ("image", "images", "img", "jpg", "jpeg", "png", "webp", "image_path", "path", "file", "file_name", "url", "image_url")
 CAPTION_FIELDS = ("caption", "text", "txt", "alt", "alt_text", "description", "title")
 
@@ -51,7 +54,7 @@ class WorkUnit:
     """One shard of work: a slice of the input that one task reads and commits as a whole."""
 
     unit: str  # zero-padded id, the order of the plan
-    kind: str  # images | webdataset | jsonl | parquet | hf | video
+    kind: str  # images | webdataset | jsonl | parquet | hf | video | warc
     root: str  # input root URL
     items: tuple[tuple[str, ...], ...] = ()  # images: (file, caption sidecar or "", json sidecar or "")
     path: str = ""  # tar / jsonl / parquet / video file relative to root; hf: "" or the hub name
@@ -142,6 +145,13 @@ def _kind_of(ext: str, forced: str) -> str:
     return "other"
 
 
+def _file_kind(rel: str, forced: str) -> str:
+    """A file's kind by its name: ``_kind_of`` its extension, and WARC files (``.warc``, ``.warc.gz``)."""
+    if rel.lower().endswith(WARC_SUFFIXES) and forced in ("auto", "warc"):
+        return "warc"
+    return _kind_of(_ext(rel), forced)
+
+
 def _plan_files(loc: Location, rels: list[str], cfg: InputConfig) -> list[WorkUnit]:
     by_stem: dict[str, list[str]] = {}
     for rel in rels:
@@ -150,7 +160,7 @@ def _plan_files(loc: Location, rels: list[str], cfg: InputConfig) -> list[WorkUn
     units: list[WorkUnit] = []
     sidecars_used: set[str] = set()
     for rel in rels:
-        kind = _kind_of(_ext(rel), cfg.format)
+        kind = _file_kind(rel, cfg.format)
         if kind == "images":
             stem = rel.rsplit(".", 1)[0]
             siblings = by_stem.get(stem, [])
@@ -160,8 +170,8 @@ def _plan_files(loc: Location, rels: list[str], cfg: InputConfig) -> list[WorkUn
             loose.append((rel, txt, meta))
         elif kind == "webdataset":
             units.append(WorkUnit("", "webdataset", loc.url, path=rel))
-        elif kind == "video":
-            units.append(WorkUnit("", "video", loc.url, path=rel))
+        elif kind in ("video", "warc"):
+            units.append(WorkUnit("", kind, loc.url, path=rel))
         elif kind == "jsonl":
             size = loc.fs.size(loc.path(rel))
             step = cfg.jsonl_bytes_per_shard
@@ -170,7 +180,7 @@ def _plan_files(loc: Location, rels: list[str], cfg: InputConfig) -> list[WorkUn
         elif kind == "parquet":
             units.extend(_plan_parquet(loc, rel, cfg))
     for rel in rels:
-        if _kind_of(_ext(rel), cfg.format) == "other" and rel not in sidecars_used:
+        if _file_kind(rel, cfg.format) == "other" and rel not in sidecars_used:
             loose.append((rel, "", ""))
     loose.sort()
     n = cfg.samples_per_shard
@@ -253,6 +263,8 @@ def read_unit(unit: WorkUnit, cfg: InputConfig, video_cfg=None) -> Iterator[Sour
         from weaverdata.media.video import read_video_frames
 
         yield from read_video_frames(loc, unit.path, video_cfg)
+    elif unit.kind == "warc":
+        yield from _read_warc(loc, unit.path)
     else:
         raise InputError(f"unit {unit.unit}: unknown kind {unit.kind!r}")
 
@@ -358,6 +370,68 @@ def _read_tar(loc: Location, rel: str) -> Iterator[SourceItem]:
             yield from flush()
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield SourceItem(f"{rel}#@{index}", error=("tar_error", f"{type(exc).__name__}: {exc}"))
+
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _read_warc(loc: Location, rel: str) -> Iterator[SourceItem]:
+    """A WARC file's HTTP responses (Common Crawl, ``wget --warc-file``): an HTML page is a row
+    ``{html, url}`` (the documents recipe reads it; image recipes reject it ``missing_field``),
+    an image is an image (its caption empty, its URL in ``meta``). Other records (requests,
+    metadata, scripts, styles) are skipped: they are not samples. Locator: ``file.warc.gz@offset``."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    offset = 0
+    try:
+        with loc.open(rel, "rb") as f:
+            records = ArchiveIterator(f)
+            for rec in records:
+                if rec.format != "warc":  # warcio reads anything as an (old) ARC record: this file is named a WARC
+                    yield SourceItem(f"{rel}@{offset}#error", error=("warc_error", f"not a WARC record at byte {offset} (read as {rec.format})"))
+                    return
+                if rec.rec_type != "response" or rec.http_headers is None:
+                    continue
+                ctype = (rec.http_headers.get_header("Content-Type") or "").split(";")[0].strip().lower()
+                uri = rec.rec_headers.get_header("WARC-Target-URI") or ""
+                if ctype not in HTML_TYPES and not ctype.startswith("image/"):
+                    continue
+                body = rec.content_stream().read()  # before the offset: warcio reads nothing after asking for it
+                offset = records.get_record_offset()
+                locator = f"{rel}@{offset}"
+                if ctype.startswith("image/"):
+                    yield SourceItem(locator, payload={"image": body, "caption": "", "meta": {"url": uri}})
+                else:
+                    yield SourceItem(locator, payload={"row": {"html": body, "url": uri}, "base": ""})
+    except (ArchiveLoadFailed, OSError, EOFError, ValueError, zlib.error) as exc:
+        yield SourceItem(f"{rel}@{offset}#error", error=("warc_error", f"{type(exc).__name__}: {exc}"[:500]))
+
+
+def warc_index(loc: Location, rel: str) -> dict[str, int]:
+    """Target URI -> record offset of every image response of a WARC file (a page's images are
+    looked up here: they belong to the page's input, the archive)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    index: dict[str, int] = {}
+    with loc.open(rel, "rb") as f:
+        records = ArchiveIterator(f)
+        for rec in records:
+            if rec.format == "warc" and rec.rec_type == "response" and rec.http_headers is not None:
+                ctype = (rec.http_headers.get_header("Content-Type") or "").lower()
+                uri = rec.rec_headers.get_header("WARC-Target-URI")
+                if ctype.startswith("image/") and uri:
+                    index.setdefault(uri, records.get_record_offset())
+    return index
+
+
+def warc_record_body(f, offset: int) -> bytes:
+    """The payload of the WARC record at ``offset`` of an open, seekable WARC file."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    f.seek(offset)
+    rec = next(iter(ArchiveIterator(f)))
+    return rec.content_stream().read()
 
 
 def _read_jsonl(loc: Location, unit: WorkUnit) -> Iterator[SourceItem]:

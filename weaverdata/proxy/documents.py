@@ -154,7 +154,12 @@ def from_html(html: str, *, main_content: bool = True) -> Document:
     p._flush()
     title = " ".join(p.title.split())
     if main_content:
-        main = _main_blocks(html)
+        from lxml import etree
+
+        try:
+            main = _main_blocks(html)
+        except (ValueError, TypeError, RecursionError, etree.LxmlError):  # the extractor on a page it cannot take: read the page whole
+            main = None
         if main is not None:
             items = _keep_main(p.items, *main)
             if any(i.kind == "text" for i in items):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import urllib.parse
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -23,8 +25,8 @@ import numpy as np
 
 from weaverdata.config import ProxyConfig
 from weaverdata.io.layout import OutputLayout
-from weaverdata.io.policy import InputPolicy, ReferenceRejected, check_inside, resolve_reference
-from weaverdata.io.sources import IMAGE_EXTS, WorkUnit, read_unit, sample_id
+from weaverdata.io.policy import InputPolicy, ReferenceRejected, check_inside, resolve_reference, scheme_of
+from weaverdata.io.sources import IMAGE_EXTS, WorkUnit, read_unit, sample_id, warc_index, warc_record_body
 from weaverdata.io.storage import Location
 from weaverdata.proxy import documents as docs
 from weaverdata.proxy.format import cut_after_proxy
@@ -102,48 +104,99 @@ def same_subject_links(images_by_doc: dict[str, list[str]], emb_of: dict[str, np
 
 
 def document_items(unit: WorkUnit, cfg: ProxyConfig):
-    """(locator, Document | None, (reason, detail) | None, base folder) for every input document;
-    a page asset in a folder listing is (locator, None, ("page_asset", ...), "")."""
+    """(locator, Document | None, (reason, detail) | None, resolve) for every input document,
+    where ``resolve(reference) -> bytes`` reads one of its images under the input policy; a page
+    asset in a folder listing is (locator, None, ("page_asset", ...), None)."""
     loc = Location.of(unit.root)
     policy = InputPolicy.of(cfg.input)
+
+    def resolver(base: str):
+        return lambda ref: resolve_reference(ref, unit.root, base, policy)
+
     if unit.kind == "images":  # a folder listing: HTML pages are documents, their assets are not inputs
         for rel, _txt, _meta in unit.items:
             ext = rel.rsplit(".", 1)[-1].lower() if "." in posixpath.basename(rel) else ""
             if ext not in HTML_EXTS:
                 if ext in ASSET_EXTS:
-                    yield rel, None, ("page_asset", "a file a page may use; not a document of its own"), ""
+                    yield rel, None, ("page_asset", "a file a page may use; not a document of its own"), None
                 else:
-                    yield rel, None, ("not_a_document", "the documents recipe reads HTML pages, JSON Lines and Parquet rows"), ""
+                    yield rel, None, ("not_a_document", "the documents recipe reads HTML pages, WARC files, JSON Lines and Parquet rows"), None
                 continue
             try:
                 check_inside(loc, rel, policy)
                 size = loc.fs.size(loc.path(rel))
                 if size > cfg.documents.max_page_bytes:
                     raise docs.DocumentError("page_too_large", f"{size} bytes > documents.max_page_bytes {cfg.documents.max_page_bytes}")
-                html, _charset = docs.decode_html(loc.fs.cat_file(loc.path(rel)))
-                doc = docs.from_html(html, main_content=cfg.documents.main_content)
-            except ReferenceRejected as exc:
-                yield rel, None, (exc.reason, exc.detail), ""
-                continue
-            except docs.DocumentError as exc:
-                yield rel, None, (exc.reason, exc.detail), ""
+                doc = _page(loc.fs.cat_file(loc.path(rel)), cfg)
+            except (ReferenceRejected, docs.DocumentError) as exc:
+                yield rel, None, (exc.reason, exc.detail), None
                 continue
             except OSError as exc:
-                yield rel, None, ("read_error", str(exc)), ""
+                yield rel, None, ("read_error", str(exc)), None
                 continue
-            yield rel, doc, None, posixpath.dirname(rel)
+            yield rel, doc, None, resolver(posixpath.dirname(rel))
+        return
+    if unit.kind == "warc":
+        yield from _warc_documents(unit, cfg, policy)
         return
     for item in read_unit(unit, cfg.input):
         if item.error:
-            yield item.locator, None, item.error, ""
+            yield item.locator, None, item.error, None
             continue
         row = item.payload.get("row") or {}
         try:
             doc = docs.from_mmc4(row) if "text_list" in row else docs.from_obelics(row)
         except docs.DocumentError as exc:
-            yield item.locator, None, (exc.reason, exc.detail), ""
+            yield item.locator, None, (exc.reason, exc.detail), None
             continue
-        yield item.locator, doc, None, item.payload.get("base", "")
+        yield item.locator, doc, None, resolver(item.payload.get("base", ""))
+
+
+def _page(raw: bytes, cfg: ProxyConfig) -> docs.Document:
+    if len(raw) > cfg.documents.max_page_bytes:
+        raise docs.DocumentError("page_too_large", f"{len(raw)} bytes > documents.max_page_bytes {cfg.documents.max_page_bytes}")
+    html, _charset = docs.decode_html(raw)
+    return docs.from_html(html, main_content=cfg.documents.main_content)
+
+
+def _warc_documents(unit: WorkUnit, cfg: ProxyConfig, policy: InputPolicy):
+    """The HTML pages of a WARC file as documents. A page's images are looked up in the same
+    archive by their absolute URL (they are part of the input); an image the archive lacks is a
+    remote reference, fetched only as the input policy allows. Image records are the pages'
+    assets, not inputs."""
+    loc = Location.of(unit.root)
+    try:
+        index = warc_index(loc, unit.path)
+    except (OSError, EOFError, ValueError, zlib.error):
+        index = {}  # reading the records below reports what is wrong with the file
+    with loc.open(unit.path, "rb") as archive:
+
+        def resolver(page_url: str):
+            def resolve(ref):
+                if not isinstance(ref, str) or ref.startswith("data:"):
+                    return resolve_reference(ref, unit.root, "", policy)
+                url = urllib.parse.urljoin(page_url, ref.strip())
+                if url in index:
+                    return warc_record_body(archive, index[url])
+                if not scheme_of(url):  # a relative reference of a page with no URL: never a local path
+                    raise ReferenceRejected("missing_in_archive", f"{ref[:300]} (the page has no URL to resolve it against)")
+                return resolve_reference(url, unit.root, "", policy)
+            return resolve
+
+        for item in read_unit(unit, cfg.input):
+            if item.error:
+                yield item.locator, None, item.error, None
+            elif "image" in item.payload:
+                yield item.locator, None, ("page_asset", f"an image record of the archive ({item.payload['meta'].get('url', '')[:300]})"), None
+            else:
+                row = item.payload["row"]
+                try:
+                    doc = _page(row["html"], cfg)
+                except docs.DocumentError as exc:
+                    yield item.locator, None, (exc.reason, exc.detail), None
+                    continue
+                doc.meta["url"] = row["url"]
+                yield item.locator, doc, None, resolver(row["url"])
 
 
 def prepare_documents(unit: WorkUnit, cfg: ProxyConfig) -> list[dict[str, Any]]:
@@ -152,8 +205,7 @@ def prepare_documents(unit: WorkUnit, cfg: ProxyConfig) -> list[dict[str, Any]]:
     policy refuses, an undecodable or too small image), one per page asset."""
     rows = []
     d = cfg.documents
-    policy = InputPolicy.of(cfg.input)
-    for locator, doc, error, base in document_items(unit, cfg):
+    for locator, doc, error, resolve in document_items(unit, cfg):
         did = sample_id(locator)
         if error:
             kind = "asset" if error[0] == "page_asset" else "document"
@@ -167,7 +219,7 @@ def prepare_documents(unit: WorkUnit, cfg: ProxyConfig) -> list[dict[str, Any]]:
             k = len(image_rows)
             ref = item.image if isinstance(item.image, str) else f"{locator}#item={pos}"
             try:
-                data = resolve_reference(item.image, unit.root, base, policy)
+                data = resolve(item.image)
             except ReferenceRejected as exc:
                 dropped[exc.reason] += 1
                 dropped_rows.append(prep_row(unit.unit, sample_id(f"{locator}#item={pos}"), ref[:2000], "doc_image", parent=did, reason=exc.reason, stage="read", detail=exc.detail))
