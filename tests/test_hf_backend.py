@@ -34,7 +34,13 @@ def test_models_tiny_command(tmp_path):
     res = run_cli("models", "tiny", "--out", str(tmp_path / "m"), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     paths = json.loads(res.stdout)
-    assert set(paths) == {"vlm", "llm", "clip"}
+    assert set(paths) == {"vlm", "llm", "clip", "scorer_aesthetic", "scorer_watermark"}
+    from weaverdata.config import ClipConfig, ScorerConfig
+    from weaverdata.models.scorers import load_heads
+
+    heads = load_heads([ScorerConfig(name="aesthetic", path=paths["scorer_aesthetic"], activation="relu"), ScorerConfig(name="watermark", path=paths["scorer_watermark"], output="sigmoid")],
+                       ClipConfig(model=paths["clip"]))  # the heads fit the tiny CLIP's width
+    assert [len(h.layers) for h in heads] == [3, 1]
     assert "RANDOM WEIGHTS" in res.stderr
     readme = (tmp_path / "m" / "README.md").read_text().lower()
     assert "random" in readme

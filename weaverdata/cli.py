@@ -69,6 +69,7 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
     from weaverdata.io.sources import InputError
     from weaverdata.io.storage import StorageError
     from weaverdata.job import OutputConflict, render_summary, run_job
+    from weaverdata.models.scorers import ScorerError
     from weaverdata.runtime import RuntimeError_
 
     # stdout carries the summary only (pipe --json into jq); Ray's forwarded worker logs and
@@ -79,7 +80,7 @@ def _run(recipe: str, cfg, process_unit, as_json: bool, **job_kw) -> None:
                 summary = run_job(recipe, cfg, process_unit, command=" ".join(["weaverdata", *sys.argv[1:]]), **job_kw)
             finally:
                 _shutdown_ray()
-    except (InputError, StorageError, OutputConflict, RuntimeError_, EngineUnavailable, PromptError) as exc:
+    except (InputError, StorageError, OutputConflict, RuntimeError_, EngineUnavailable, PromptError, ScorerError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
     typer.echo(f"summary: {cfg.output.path.rstrip('/')}/summary.json", err=True)
@@ -317,12 +318,16 @@ def models_tiny(
     out: Annotated[Path, typer.Option("--out", help="folder to write the tiny models into")] = Path("tiny-models"),
     seed: Annotated[int, typer.Option(help="random seed of the weights")] = 0,
 ) -> None:
-    """Build tiny models with RANDOM weights (a VLM, a text LLM, an open_clip model) that the real engines load."""
-    from weaverdata.models.clip import build_tiny_clip
+    """Build tiny models with RANDOM weights (a VLM, a text LLM, an open_clip model, two scorer heads on its embeddings) that the real engines load."""
+    from weaverdata.models.clip import TINY_CLIP_CFG, build_tiny_clip
+    from weaverdata.models.scorers import build_tiny_head
     from weaverdata.models.tiny import build_all
 
     paths = {k: str(v) for k, v in build_all(out, seed=seed).items()}
     paths["clip"] = str(build_tiny_clip(out / "clip", seed=seed))
+    width = TINY_CLIP_CFG["embed_dim"]
+    paths["scorer_aesthetic"] = str(build_tiny_head(out / "scorers" / "aesthetic.safetensors", width, hidden=(16, 8), seed=seed))  # an MLP
+    paths["scorer_watermark"] = str(build_tiny_head(out / "scorers" / "watermark.safetensors", width, hidden=(), seed=seed + 1))  # a linear head
     typer.echo(json.dumps(paths, indent=2))
     typer.echo(f"RANDOM WEIGHTS: these models are for tests and demos only (see {out}/README.md)", err=True)
 

@@ -151,6 +151,17 @@ class ClipConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch threads of each embedding actor on CPU; default: the node's cores shared among the replicas, at least cpus_per_replica (Ray alone would pin an actor to cpus_per_replica threads)")
 
 
+class ScorerConfig(Strict):
+    """An image scorer: a small head on the CLIP image embedding (weaverdata/models/scorers.py)."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="the score's name (aesthetic, watermark, nsfw, ...); its reject reason is score_<name>")
+    path: str = Field(..., description="the head's safetensors file: a local path or any fsspec URL")
+    activation: Literal["none", "relu"] = Field("none", description="between the head's linear layers (LAION's aesthetic predictor: none)")
+    output: Literal["raw", "sigmoid"] = Field("raw", description="sigmoid: the head gives a logit (watermark, NSFW), the score is its probability")
+    threshold: float | None = Field(None, description="images on the wrong side of it are rejected score_<name>; none: score only")
+    keep: Literal["above", "below"] = Field("above", description="keep images scoring at least (above: aesthetic) or at most (below: watermark, NSFW) the threshold")
+
+
 class JobConfig(Strict):
     """Fields every recipe has."""
 
@@ -259,10 +270,14 @@ class RefsConfig(JobConfig):
     text_to_image: Literal["none", "unmatched", "all"] = Field("unmatched", description="text-to-image samples (a target and its description): none, images in no reference sample, or every accepted image")
     text: RefsTextConfig = Field(default_factory=RefsTextConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
+    scorers: list[ScorerConfig] = Field(default_factory=list, description="image scorers on the CLIP embeddings: each writes its score (embeddings/scores.parquet) and may reject by threshold")
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _text_needs_a_model(self) -> RefsConfig:
+        names = [s.name for s in self.scorers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scorers: each needs its own name, got {names}")
         t = self.text
         if (t.description or t.instruction or t.dynamics) and not self.engine.model:
             raise ValueError("engine.model is required to write text (or set text.description, text.instruction and text.dynamics to false)")

@@ -6,7 +6,9 @@ same order, and every record fits its schema; within a group every record has th
 null/empty fields (so HF `datasets` can infer one feature set); reference samples, in the tar
 JSON and in the Parquet, name the model, revision and prompt of each non-empty generated text
 and of no empty one (`generated_by_errors`); the rejects table has the recorded rows;
-inputs = accepted + rejected per unit and for the run; no id appears twice.
+inputs = accepted + rejected per unit and for the run; no id appears twice; where image scorers
+are configured, ``embeddings/scores.parquet`` holds a finite score per scorer and its threshold
+accounts for the ``score_<name>`` rejects.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def validate_output(url: str) -> Report:
         _check_rejects(layout, unit, stats, report, ids)
         totals.update({k: stats[k] for k in ("inputs", "accepted", "rejected")})
         reasons.update(stats["rejected_by_reason"])
+    _check_scores(layout, manifest, reasons, report)
     dup = [i for i, n in ids.items() if n > 1]
     if dup:
         report.error(f"{len(dup)} ids appear more than once, e.g. {dup[:3]}")
@@ -231,6 +234,37 @@ def validate_output(url: str) -> Report:
     if leftovers:
         report.warnings.append(f"{len(leftovers)} temporary files from killed attempts (ignored; removed when their unit reruns)")
     return report
+
+
+def _check_scores(layout: OutputLayout, manifest: dict, reasons: Counter, report: Report) -> None:
+    """Configured image scorers: ``embeddings/scores.parquet`` holds a finite score per scorer for
+    every scored image, and each scorer's score_<name> rejects are no more than the images its
+    threshold puts on the wrong side."""
+    import numpy as np
+
+    scorers = (manifest.get("config") or {}).get("scorers") or []
+    if not scorers:
+        return
+    rel = "embeddings/scores.parquet"
+    if not layout.loc.exists(rel):
+        report.error(f"scorers are configured ({', '.join(s['name'] for s in scorers)}) but {rel} is missing")
+        return
+    with layout.loc.open(rel, "rb") as f:
+        table = pq.read_table(f, use_threads=False, pre_buffer=False)
+    if table.column("id").null_count or len(set(table.column("id").to_pylist())) != table.num_rows:
+        report.error(f"{rel}: ids are missing or repeated")
+    for s in scorers:
+        if s["name"] not in table.column_names:
+            report.error(f"{rel}: no column for scorer {s['name']}")
+            continue
+        v = np.asarray(table.column(s["name"]).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if table.column(s["name"]).null_count or not np.isfinite(v).all():
+            report.error(f"{rel}: scorer {s['name']} has missing or non-finite scores")
+            continue
+        if s.get("threshold") is not None:
+            wrong = int(((v < s["threshold"]) if s.get("keep", "above") == "above" else (v > s["threshold"])).sum())
+            if reasons.get(f"score_{s['name']}", 0) > wrong:
+                report.error(f"{rel}: {reasons['score_' + s['name']]} rejects score_{s['name']}, but only {wrong} scores fail its threshold")
 
 
 def _check_rejects(layout: OutputLayout, unit: str, stats: dict, report: Report, ids: Counter) -> None:

@@ -64,6 +64,7 @@ from weaverdata.io.shards import Media, RejectRow, UnitWriter
 from weaverdata.io.sources import SourceItem, WorkUnit, image_from_row, read_unit, sample_id
 from weaverdata.io.storage import Location
 from weaverdata.media.image import ImageRejected, decode_image
+from weaverdata.models.scorers import load_heads, verdicts
 from weaverdata.recipes.staged import DETAILS, StageClock, prep_path, prepare_all, read_prep, read_prep_media, read_prep_rows, reject_dict, write_prep
 from weaverdata.recipes.text_stage import JobEngines, drafts_path, read_drafts, run_text_stage, unit_captioner, write_drafts
 from weaverdata.refs.band import Thresholds
@@ -77,6 +78,7 @@ RECIPE = "build-refs"
 SCHEMA = "reference_sample"
 TEXT_FIELDS = ("description", "instruction", "dynamics")  # the model-written fields, the keys of generated_by
 EMBEDDINGS = "embeddings/images.parquet"
+SCORES = "embeddings/scores.parquet"  # id + one float32 column per scorer, for every image scored (rejected ones included)
 HARD_NEGATIVES = "embeddings/hard_negatives.parquet"
 PLAN = posixpath.join(WORK_DIR, "plan.json")
 SETTLED = posixpath.join(WORK_DIR, "settled.parquet")
@@ -358,6 +360,15 @@ def embed_images(layout: OutputLayout, units: list[WorkUnit], ids: pa.Array, cfg
 # -- stage 3: plan (driver: metadata and embeddings) --------------------------------------------
 
 
+def write_scores(layout: OutputLayout, ids: pa.Array, scores: dict[str, np.ndarray]) -> None:
+    """``embeddings/scores.parquet``: each scored image's id and its score per scorer (a column
+    each, named as the scorer), aligned like the embeddings."""
+    table = pa.table({"id": ids, **{name: pa.array(v, pa.float32()) for name, v in scores.items()}})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    layout.loc.write_bytes_atomic(SCORES, sink.getvalue())
+
+
 def plan_stage(cfg: RefsConfig, units: list[WorkUnit], layout: OutputLayout) -> dict[str, Any]:
     """Embed, find candidates, apply the band; one sample-plan file per unit, then
     ``work/plan.json`` (last: the stage's commit marker). Returns the plan's counts."""
@@ -365,14 +376,28 @@ def plan_stage(cfg: RefsConfig, units: list[WorkUnit], layout: OutputLayout) -> 
     accepted = table.filter(pc.equal(table.column("reason"), ""))
     del table
     emb, clip_errors = embed_images(layout, units, accepted.column("id").combine_chunks(), cfg)
-    clip_unused: dict[str, list[tuple[str, str]]] = {}  # by unit: (image id, why)
+    clip_unused: dict[str, list[tuple[str, str, str]]] = {}  # by unit: (image id, reason, detail)
     if clip_errors:  # unreadable for the embedder (should not happen after stage 1): out of the plan, into the rejects
         bad = pc.is_in(accepted.column("id"), value_set=pa.array(sorted(clip_errors), pa.string()))
         errored = accepted.filter(bad)
         for i, u in zip(errored.column("id").to_pylist(), errored.column("unit").to_pylist()):
-            clip_unused.setdefault(u, []).append((i, clip_errors[i]))
+            clip_unused.setdefault(u, []).append((i, "clip_error", clip_errors[i]))
         keep = ~np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
         accepted, emb = accepted.filter(pc.invert(bad)), emb[keep]
+    scored = None
+    if cfg.scorers:  # scores on the embeddings; images a threshold rejects leave the plan for the rejects
+        scores, rejected = verdicts(load_heads(cfg.scorers, cfg.clip), cfg.scorers, emb)
+        write_scores(layout, accepted.column("id").combine_chunks(), scores)
+        scored = {name: {"images": int(len(v)), "min": round(float(v.min()), 6) if len(v) else None, "median": round(float(np.median(v)), 6) if len(v) else None,
+                         "max": round(float(v.max()), 6) if len(v) else None, "rejected": sum(1 for _, r, _ in rejected if r == f"score_{name}")}
+                  for name, v in scores.items()}
+        if rejected:
+            rows = pa.array([r for r, _, _ in rejected], pa.int64())
+            for (_, reason, detail), i, u in zip(rejected, accepted.column("id").take(rows).to_pylist(), accepted.column("unit").take(rows).to_pylist()):
+                clip_unused.setdefault(u, []).append((i, reason, detail))
+            keep = np.ones(len(emb), dtype=bool)
+            keep[rows.to_numpy()] = False
+            accepted, emb = accepted.filter(pa.array(keep)), emb[keep]
     images = Images.from_columns(*(accepted.column(c).combine_chunks() for c in ("id", "source", "scope", "phash", "time_s", "shot")))
     unit_enc = accepted.column("unit").combine_chunks().dictionary_encode()
     unit_code = np.asarray(unit_enc.indices.to_numpy(zero_copy_only=False), dtype=np.int32)
@@ -404,6 +429,7 @@ def plan_stage(cfg: RefsConfig, units: list[WorkUnit], layout: OutputLayout) -> 
         "samples_by_task": dict(sorted(Counter(s.task for s in plan.samples).items())),
         "band": {"low": t.low, "high": t.high, "phash_min": t.phash_min, "mode": cfg.band.mode, "quantiles": list(t.quantiles) if t.quantiles else None, "sample_size": t.sample_size},
         "embeddings": EMBEDDINGS,
+        "scores": {"file": SCORES, "by_scorer": scored} if scored is not None else None,
         "hard_negatives": {"file": HARD_NEGATIVES, "pairs": negatives} if negatives is not None else None,
     }
     layout.write_json(PLAN, planned)
@@ -424,7 +450,7 @@ def _documents(images: Images) -> list[tuple[str, list[int]]]:
 
 
 def write_sample_plans(layout: OutputLayout, cfg: RefsConfig, units: list[WorkUnit], plan: Plan, images: Images, unit_code: np.ndarray, unit_names: list[str],
-                       clip_unused: dict[str, list[tuple[str, str]]]) -> None:
+                       clip_unused: dict[str, list[tuple[str, str, str]]]) -> None:
     """One sample-plan file per unit (the samples whose target is in it, and why each of its
     accepted images is in no sample). A unit none of whose samples asks for a text gets its
     drafts at once (every sample kept, no text): its text task would have nothing to ask, and
@@ -452,7 +478,7 @@ def write_sample_plans(layout: OutputLayout, cfg: RefsConfig, units: list[WorkUn
             for i in unused_idx[unused_starts[k] : unused_starts[k + 1]].tolist():
                 reason, detail = plan.unused_reason[i]
                 rows.append(_unused_row(str(images.ids[i]), reason, detail))
-        rows += [_unused_row(i, "clip_error", why) for i, why in clip_unused.get(u.unit, [])]
+        rows += [_unused_row(i, reason, why) for i, reason, why in clip_unused.get(u.unit, [])]
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), sink, compression="zstd")
         layout.loc.write_bytes_atomic(samples_path(u.unit), sink.getvalue())
@@ -648,6 +674,8 @@ def read_settled(layout: OutputLayout, unit: str) -> list[dict[str, Any]]:
 def plan_job(cfg: RefsConfig, units: list[WorkUnit], pending: list[WorkUnit], layout: OutputLayout) -> dict[str, Any]:
     """Stages 1-5 over the whole input (deterministic, so committed units stay consistent with
     the rest). Returns the run's details for the summary."""
+    if cfg.scorers:  # a missing head or one of the wrong width fails now, before any stage
+        load_heads(cfg.scorers, cfg.clip)
     clock = StageClock()
     prepare_all(cfg, units, layout, prepare_unit, "build-refs prepare")
     clock.lap("prepare")
@@ -725,6 +753,8 @@ def sample_record(s: dict[str, Any], meta_of: dict[str, dict[str, Any]], texts: 
 def _reject_stage(reason: str) -> str:
     if reason.startswith("caption_"):
         return "caption"
+    if reason.startswith("score_"):
+        return "score"
     return "band" if reason.startswith(("near_duplicate", "too_dissimilar")) else "group"
 
 
