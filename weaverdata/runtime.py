@@ -35,17 +35,19 @@ def node_cores() -> int:
         return os.cpu_count() or 1
 
 
-def connect(cfg: RuntimeConfig) -> dict[str, Any]:
-    """Join `cfg.ray_address` (or RAY_ADDRESS), or start a local Ray fitted to this machine."""
+def connect(cfg: RuntimeConfig, *, worker_output: bool = False) -> dict[str, Any]:
+    """Join `cfg.ray_address` (or RAY_ADDRESS), or start a local Ray fitted to this machine.
+
+    The workers' own output (engines, tasks) reaches this console only with ``cfg.verbose`` or
+    ``worker_output`` (the trainers: their workers print the training progress); otherwise it
+    stays in the workers' log files, which a job copies into OUTPUT/logs/."""
     import ray
 
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
         common = dict(
             logging_level=logging.WARNING,
-            # the workers' own output (engines, tasks) stays in their log files, which the job
-            # copies into OUTPUT/logs/; runtime.verbose (--verbose) shows it live as well
-            log_to_driver=cfg.verbose,
+            log_to_driver=cfg.verbose or worker_output,
             configure_logging=True,
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
         )

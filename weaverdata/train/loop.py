@@ -536,7 +536,7 @@ def run_training(trainer: str, cfg: TrainConfig) -> dict[str, Any]:
     from weaverdata.runtime import check_fits, connect
     from weaverdata.train.models import cache_dir
 
-    connect(cfg.runtime)
+    connect(cfg.runtime, worker_output=True)  # the workers print the training progress
     use_gpu = cfg.train.gpus_per_worker > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus_per_worker} if use_gpu else {})}
     check_fits("train worker", cfg.train.cpus_per_worker * cfg.train.workers, cfg.train.gpus_per_worker * cfg.train.workers)
