@@ -89,7 +89,7 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     offsets = [0]
     for line in lines[:-1]:
         offsets.append(offsets[-1] + len(line.encode()) + 1)
-    for off, reason in zip(offsets, [None, "invalid_json", "invalid_record", "missing_field", "invalid_field"]):
+    for off, reason in zip(offsets, [None, "invalid_json", "invalid_record", "missing_field", "outside_input"]):
         expected[f"docs/rows.jsonl@{off}"] = reason
     return expected
 
