@@ -40,10 +40,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from benchmarks.procmem import TreePeak
 from benchmarks.report import command_line, emit, now, value_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,33 +80,6 @@ def crops(folder: Path, n: int, seed: int = 0) -> int:
         (folder / f"crop-{k:06d}.jpg").write_bytes(buf.getvalue())
         total += len(buf.getvalue())
     return total
-
-
-class TreePeak(threading.Thread):
-    """Peak summed RSS of a process and its descendants, sampled every 0.2 s."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak = pid, 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        root = psutil.Process(self.pid)
-        while not self.stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-            self.peak = max(self.peak, total)
-            self.stop.wait(0.2)
 
 
 def tiny_sets(models: dict[str, Path], recipe: str) -> dict[str, object]:
@@ -146,7 +119,7 @@ def run_one(recipe: str, inp: Path, out: Path, models: dict[str, Path], extra: d
         starts = d["engine_rounds"] * s["config"]["engine"]["replicas"]
     return {
         "recipe": recipe, "inputs": s["inputs"], "samples": s.get("samples", s["accepted"]), "wall_s": wall, "process_s": round(time.monotonic() - started, 3),
-        "s_per_input": wall / max(1, s["inputs"]), "driver_peak_bytes": s["memory"]["driver_peak_rss_bytes"], "tree_peak_bytes": peak.peak,
+        "s_per_input": wall / max(1, s["inputs"]), "driver_peak_bytes": s["memory"]["driver_peak_rss_bytes"], "tree_peak_bytes": peak.tree_peak,
         "spilled_bytes": s["memory"]["spilled_bytes"], "engine_starts": starts, "engine_busy_fraction": d.get("engine_busy_fraction"),
         "engine_replicas": s["config"]["engine"]["replicas"], "stage_seconds": stages, "captioning": d.get("captioning"), "overrides": extra,
     }

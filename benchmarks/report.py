@@ -38,26 +38,11 @@ def value_row(
     `values`. Rounded like `benchmarks.summary.summary_row`, and `met` decided on the rounded
     figures.
     """
-    from benchmarks.summary import DECIMALS, met
+    from benchmarks.summary import make_row
 
     if not values:
         raise ValueError(f"{benchmark} {name!r}: no values")
-    median = round(float(statistics.median(values)), DECIMALS)
-    mean = round(float(statistics.fmean(values)) if mean is None else float(mean), DECIMALS)
-    return {
-        "benchmark": benchmark,
-        "name": name,
-        "metric": metric,
-        "median": median,
-        "mean": mean,
-        "min": round(float(min(values)), DECIMALS),
-        "max": round(float(max(values)), DECIMALS),
-        "repeats": len(values),
-        "target": target,
-        "met": met(median, mean, target),
-        "date": date,
-        "command": command,
-    }
+    return make_row(benchmark, name, metric, statistics.median(values), statistics.fmean(values) if mean is None else mean, values, target, date, command)
 
 
 def now() -> str:

@@ -94,16 +94,23 @@ def summary_row(
     # throughputs in units of work per second (the work cancels in the ratio)
     median = statistics.median([1 / v for v in var]) / statistics.median([1 / b for b in base])
     mean = statistics.fmean(base) / statistics.fmean(var)
-    median, mean = round(median, DECIMALS), round(mean, DECIMALS)
+    return make_row(benchmark, name, metric, median, mean, paired, target, date, command, higher_is_better)
+
+
+def make_row(benchmark: str, name: str, metric: str, median: float, mean: float, spread: list[float], target: float | None, date: str, command: str,
+             higher_is_better: bool = True) -> dict:
+    """A summary row: median and mean rounded, min/max and repeats from the per-repeat `spread`,
+    `met` decided on the rounded figures. Every row of every results file is made here."""
+    median, mean = round(float(median), DECIMALS), round(float(mean), DECIMALS)
     return {
         "benchmark": benchmark,
         "name": name,
         "metric": metric,
         "median": median,
         "mean": mean,
-        "min": round(min(paired), DECIMALS),
-        "max": round(max(paired), DECIMALS),
-        "repeats": len(paired),
+        "min": round(float(min(spread)), DECIMALS),
+        "max": round(float(max(spread)), DECIMALS),
+        "repeats": len(spread),
         "target": target,
         "met": met(median, mean, target, higher_is_better),
         "date": date,

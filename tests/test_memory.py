@@ -9,13 +9,13 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.procmem import TreePeak
 from tests.conftest import REPO, cli_sets
 from weaverdata.demo import proxy_overrides, tiny_model_overrides
 from weaverdata.io.validate import validate_output
@@ -40,37 +40,6 @@ def noise_photos(folder: Path, min_bytes: int) -> tuple[int, int]:
         total += len(buf.getvalue())
         n += 1
     return n, total
-
-
-class TreePeak(threading.Thread):
-    """Samples the resident memory of a process and all its descendants (driver, raylet, object
-    store, workers) every 0.2 s; keeps the peak of the sum and of the driver alone."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.tree_peak, self.driver_peak = pid, 0, 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        root = psutil.Process(self.pid)
-        while not self.stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for p in procs:
-                try:
-                    rss = p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-                total += rss
-                if p.pid == self.pid:
-                    self.driver_peak = max(self.driver_peak, rss)
-            self.tree_peak = max(self.tree_peak, total)
-            self.stop.wait(0.2)
 
 
 def test_ten_times_the_object_store_streams_through(tmp_path, tiny_models):
