@@ -391,10 +391,7 @@ def _read_warc(loc: Location, rel: str) -> Iterator[SourceItem]:
                 if rec.format != "warc":  # warcio reads anything as an (old) ARC record: this file is named a WARC
                     yield SourceItem(f"{rel}@{offset}#error", error=("warc_error", f"not a WARC record at byte {offset} (read as {rec.format})"))
                     return
-                if rec.rec_type != "response" or rec.http_headers is None:
-                    continue
-                ctype = (rec.http_headers.get_header("Content-Type") or "").split(";")[0].strip().lower()
-                uri = rec.rec_headers.get_header("WARC-Target-URI") or ""
+                ctype, uri = _response_of(rec)
                 if ctype not in HTML_TYPES and not ctype.startswith("image/"):
                     continue
                 body = rec.content_stream().read()  # before the offset: warcio reads nothing after asking for it
@@ -417,12 +414,20 @@ def warc_index(loc: Location, rel: str) -> dict[str, int]:
     with loc.open(rel, "rb") as f:
         records = ArchiveIterator(f)
         for rec in records:
-            if rec.format == "warc" and rec.rec_type == "response" and rec.http_headers is not None:
-                ctype = (rec.http_headers.get_header("Content-Type") or "").lower()
-                uri = rec.rec_headers.get_header("WARC-Target-URI")
-                if ctype.startswith("image/") and uri:
-                    index.setdefault(uri, records.get_record_offset())
+            if rec.format != "warc":
+                continue
+            ctype, uri = _response_of(rec)
+            if ctype.startswith("image/") and uri:
+                index.setdefault(uri, records.get_record_offset())
     return index
+
+
+def _response_of(rec) -> tuple[str, str]:
+    """(media type, target URI) of a WARC HTTP response record; ("", "") for any other record."""
+    if rec.rec_type != "response" or rec.http_headers is None:
+        return "", ""
+    ctype = (rec.http_headers.get_header("Content-Type") or "").split(";")[0].strip().lower()
+    return ctype, rec.rec_headers.get_header("WARC-Target-URI") or ""
 
 
 def warc_record_body(f, offset: int) -> bytes:
